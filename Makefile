@@ -1,0 +1,64 @@
+# lbwnet: every target installs what it needs first, so `make train BITS=6` works on a
+# fresh machine. libtorch comes from the torch==2.11.0 wheel in a cached virtualenv.
+SHELL := /bin/bash
+TORCH_ENV ?= $(or $(LBWNET_TORCH_ENV),$(HOME)/.cache/lbwnet/torch-2.11.0)
+export LBWNET_TORCH_ENV := $(TORCH_ENV)
+# torch-sys (and build.rs) find libtorch through the virtualenv's python.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(TORCH_ENV)/bin:$(PATH)
+# Build against the wheel's libtorch even if the caller's shell points elsewhere.
+unexport LIBTORCH
+
+CONFIG ?= configs/default.yaml
+BITS ?= 6
+C ?=
+METHOD ?=
+SWEEP ?= configs/sweeps/default.yaml
+BIN := target/release/lbwnet
+TORCH_STAMP := $(TORCH_ENV)/.lbwnet-ok
+
+# --set overrides assembled from the make variables.
+TRAIN_SETS := --set quant.bits=$(BITS) $(if $(C),--set quant.c=$(C)) $(if $(METHOD),--set quant.method=$(METHOD))
+
+.PHONY: setup build data train eval sweep table test bench lint clean info
+
+setup: $(TORCH_STAMP)
+
+$(TORCH_STAMP):
+	bash scripts/setup-libtorch.sh
+
+build: setup
+	cargo build --release
+
+info: build
+	$(BIN) info
+
+data: build
+	$(BIN) gen-data --config $(CONFIG)
+
+train: build
+	$(BIN) train --config $(CONFIG) $(TRAIN_SETS)
+
+eval: build
+	$(BIN) eval --config $(CONFIG) $(TRAIN_SETS)
+
+sweep: build
+	$(BIN) sweep --config $(SWEEP)
+
+table: build
+	bash scripts/reproduce-table.sh
+
+test: setup
+	cargo build --release
+	cargo test --release -- --test-threads=2
+
+bench: build
+	cargo bench --bench lbwnet_bench
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --release --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf data runs results

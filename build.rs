@@ -1,0 +1,53 @@
+//! Makes the built binaries find libtorch without any environment variable: an rpath to
+//! the libtorch directory, and libtorch_cuda linked explicitly when that libtorch has it
+//! (the linker's --as-needed would otherwise drop it, and CUDA would never be found).
+use std::path::PathBuf;
+use std::process::Command;
+
+fn libtorch_lib_dir() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+    if let Ok(root) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(root).join("lib"));
+    }
+    std::env::var("LIBTORCH_USE_PYTORCH").ok()?;
+    // The same interpreter torch-sys asks.
+    let output = Command::new("python3")
+        .args(["-c", "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
+/// The version string of the libtorch in `lib`: a PyTorch install keeps it in
+/// `torch/version.py`, a standalone libtorch in `build-version`.
+fn libtorch_version(lib: &std::path::Path) -> String {
+    let root = lib.parent().unwrap_or(lib);
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("__version__") {
+                return rest.trim_start_matches([' ', '=']).trim_matches(['\'', '"']).to_string();
+            }
+        }
+    }
+    std::fs::read_to_string(root.join("build-version"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let Some(lib) = libtorch_lib_dir() else {
+        println!("cargo:warning=libtorch directory unknown: the binary will need LD_LIBRARY_PATH");
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-env=LBWNET_LIBTORCH_VERSION={}", libtorch_version(&lib));
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+}

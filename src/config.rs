@@ -1,0 +1,558 @@
+//! Typed experiment configuration, read from YAML with `--set key.path=value` overrides.
+//!
+//! Defaults are py-faster-rcnn's end-to-end VOC settings (SPEC §2); a config file only
+//! needs what differs. Unknown keys are refused, and validation errors name the file, the
+//! key and what is allowed.
+use crate::quant::{Method, FLOAT_BITS};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name: the run directory is `<train.output_dir>/<name>`.
+    pub name: String,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub quant: QuantConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// VOC-layout root (the folder holding Annotations/, JPEGImages/, ImageSets/).
+    pub root: PathBuf,
+    pub train_split: String,
+    pub test_split: String,
+    /// Class names; when absent, `labels.txt` in the root or the 20 VOC classes.
+    pub classes: Option<Vec<String>>,
+    /// Shorter image side after resizing.
+    pub min_size: u32,
+    /// Cap on the longer side after resizing.
+    pub max_size: u32,
+    /// Random horizontal flip in training.
+    pub flip: bool,
+    pub normalization: Normalization,
+    /// Background threads decoding and resizing images.
+    pub loader_threads: usize,
+    /// Bound on decoded images waiting for the training loop.
+    pub queue_size: usize,
+    /// When set, the data set is generated at `root` if it is missing.
+    pub synthetic: Option<SyntheticConfig>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("VOCdevkit/VOC2007"),
+            train_split: "trainval".into(),
+            test_split: "test".into(),
+            classes: None,
+            min_size: 600,
+            max_size: 1000,
+            flip: true,
+            normalization: Normalization::Torchvision,
+            loader_threads: 2,
+            queue_size: 8,
+            synthetic: None,
+        }
+    }
+}
+
+/// Pixel normalization of the backbone's pretraining.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// RGB in [0, 1], ImageNet mean/std (torchvision weights).
+    Torchvision,
+    /// BGR in [0, 255] minus the Caffe pixel means (py-faster-rcnn weights).
+    Caffe,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    pub train: usize,
+    pub test: usize,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        Self { train: 400, test: 100, seed: 0, width: 320, height: 240 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backbone {
+    /// A few conv layers, stride 16: the CPU-scale default.
+    Small,
+    Vgg16,
+    Resnet50,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub backbone: Backbone,
+    /// Width multiplier of the small backbone's channels.
+    pub small_width: i64,
+    /// torchvision-named weights (safetensors) loaded into the backbone by name.
+    pub backbone_weights: Option<PathBuf>,
+    /// Anchor sizes in pixels at image scale.
+    pub anchor_sizes: Vec<f64>,
+    /// Anchor aspect ratios (height / width).
+    pub anchor_ratios: Vec<f64>,
+    pub feature_stride: i64,
+    pub rpn: RpnConfig,
+    pub roi: RoiConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::Vgg16,
+            small_width: 32,
+            backbone_weights: None,
+            anchor_sizes: vec![128.0, 256.0, 512.0],
+            anchor_ratios: vec![0.5, 1.0, 2.0],
+            feature_stride: 16,
+            rpn: RpnConfig::default(),
+            roi: RoiConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpnConfig {
+    /// Channels of the RPN's 3x3 conv.
+    pub channels: i64,
+    pub fg_iou: f64,
+    pub bg_iou: f64,
+    pub batch_size_per_image: usize,
+    pub positive_fraction: f64,
+    pub pre_nms_top_n_train: usize,
+    pub post_nms_top_n_train: usize,
+    pub pre_nms_top_n_test: usize,
+    pub post_nms_top_n_test: usize,
+    pub nms_thresh: f64,
+    /// Minimum proposal side in pixels at image scale.
+    pub min_size: f64,
+    /// Smooth-L1 sigma of the RPN box loss.
+    pub smooth_l1_sigma: f64,
+}
+
+impl Default for RpnConfig {
+    fn default() -> Self {
+        Self {
+            channels: 512,
+            fg_iou: 0.7,
+            bg_iou: 0.3,
+            batch_size_per_image: 256,
+            positive_fraction: 0.5,
+            pre_nms_top_n_train: 12000,
+            post_nms_top_n_train: 2000,
+            pre_nms_top_n_test: 6000,
+            post_nms_top_n_test: 300,
+            nms_thresh: 0.7,
+            min_size: 16.0,
+            smooth_l1_sigma: 3.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooler {
+    RoiAlign,
+    RoiPool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoiConfig {
+    pub pooler: Pooler,
+    /// Pooled size fed to the head (7; ResNet C4 pools 14 and its layer4 halves it).
+    pub output_size: i64,
+    /// Bilinear samples per bin side; 0 means adaptive, as torchvision.
+    pub sampling_ratio: i64,
+    pub aligned: bool,
+    pub batch_size_per_image: usize,
+    pub positive_fraction: f64,
+    pub fg_iou: f64,
+    pub bg_iou_hi: f64,
+    pub bg_iou_lo: f64,
+    /// Box-target normalization, as weights (10, 10, 5, 5) = 1 / (0.1, 0.1, 0.2, 0.2).
+    pub box_weights: [f64; 4],
+    /// Hidden width of the small backbone's two-fc head.
+    pub head_hidden: i64,
+    pub smooth_l1_sigma: f64,
+}
+
+impl Default for RoiConfig {
+    fn default() -> Self {
+        Self {
+            pooler: Pooler::RoiAlign,
+            output_size: 7,
+            sampling_ratio: 2,
+            aligned: false,
+            batch_size_per_image: 128,
+            positive_fraction: 0.25,
+            fg_iou: 0.5,
+            bg_iou_hi: 0.5,
+            bg_iou_lo: 0.0,
+            box_weights: [10.0, 10.0, 5.0, 5.0],
+            head_hidden: 1024,
+            smooth_l1_sigma: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantConfig {
+    /// 2..=8, or 32 for no quantization.
+    pub bits: u32,
+    pub method: Method,
+    /// LBW's free parameter; when absent, the default for the bit-width (SPEC §1.3).
+    pub c: Option<f64>,
+    /// Keep the backbone's first conv in float.
+    pub float_first_conv: bool,
+    /// Keep the final class and box predictors in float.
+    pub float_predictors: bool,
+}
+
+impl Default for QuantConfig {
+    fn default() -> Self {
+        Self {
+            bits: FLOAT_BITS,
+            method: Method::Lbw,
+            c: None,
+            float_first_conv: false,
+            float_predictors: false,
+        }
+    }
+}
+
+impl QuantConfig {
+    pub fn is_float(&self) -> bool {
+        self.bits == FLOAT_BITS
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub iterations: usize,
+    pub lr: f64,
+    /// Iterations at which the learning rate is multiplied by `gamma`.
+    pub lr_steps: Vec<usize>,
+    pub gamma: f64,
+    pub warmup_iterations: usize,
+    /// Learning-rate factor at the first warm-up iteration, ramping linearly to 1.
+    pub warmup_factor: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Images per iteration.
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Write a checkpoint every this many iterations (0: only at the end).
+    pub checkpoint_interval: usize,
+    /// Start from another run's checkpoint (a run directory or a .safetensors file).
+    pub init_from: Option<PathBuf>,
+    pub log_interval: usize,
+    pub device: DeviceChoice,
+    /// Run directories land in `<output_dir>/<name>`.
+    pub output_dir: PathBuf,
+    /// Gradient-norm clip (0: none); guards the first float iterations from scratch.
+    pub clip_grad_norm: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 70_000,
+            lr: 1e-3,
+            lr_steps: vec![50_000],
+            gamma: 0.1,
+            warmup_iterations: 500,
+            warmup_factor: 1.0 / 3.0,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            batch_size: 1,
+            seed: 0,
+            checkpoint_interval: 10_000,
+            init_from: None,
+            log_interval: 20,
+            device: DeviceChoice::Auto,
+            output_dir: PathBuf::from("runs"),
+            clip_grad_norm: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApMetric {
+    /// VOC2007 11-point interpolated AP.
+    Voc07,
+    /// VOC2010+ area under the monotone precision-recall curve.
+    Area,
+}
+
+impl ApMetric {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApMetric::Voc07 => "voc07",
+            ApMetric::Area => "area",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    pub metric: ApMetric,
+    pub score_thresh: f64,
+    pub nms_thresh: f64,
+    pub detections_per_image: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { metric: ApMetric::Voc07, score_thresh: 0.05, nms_thresh: 0.3, detections_per_image: 100 }
+    }
+}
+
+impl ExperimentConfig {
+    /// Reads `path`, applies `--set key.path=value` overrides, and validates. Every error
+    /// names the file and, where there is one, the key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_yaml_str(&text, overrides, path)
+    }
+
+    /// Parses YAML `text` (which came from `origin`, named in errors).
+    pub fn from_yaml_str(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
+        let mut value: serde_yaml::Value = serde_yaml::from_str(text)
+            .with_context(|| format!("config {}: not valid YAML", origin.display()))?;
+        for item in overrides {
+            apply_override(&mut value, item)
+                .with_context(|| format!("config {}: --set {item}", origin.display()))?;
+        }
+        let config: Self = serde_path_to_error::deserialize(value).map_err(|err| {
+            let key = err.path().to_string();
+            anyhow::anyhow!("config {}: key `{key}`: {}", origin.display(), err.inner())
+        })?;
+        config.validate().with_context(|| format!("config {}", origin.display()))?;
+        Ok(config)
+    }
+
+    /// Value checks that the types alone cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let q = &self.quant;
+        if !(2..=8).contains(&q.bits) && q.bits != FLOAT_BITS {
+            bail!("key `quant.bits`: {} is not allowed; use 2..=8, or 32 for float", q.bits);
+        }
+        if let Some(c) = q.c {
+            if !(c > 0.0 && c.is_finite()) {
+                bail!("key `quant.c`: {c} is not allowed; c must be a positive number");
+            }
+        }
+        if matches!(q.method, Method::Ternary | Method::Twn) && q.bits != 2 && !q.is_float() {
+            bail!("key `quant.method`: {} is ternary; it needs quant.bits = 2, not {}", q.method, q.bits);
+        }
+        let d = &self.data;
+        if d.min_size == 0 || d.max_size < d.min_size {
+            bail!("keys `data.min_size`/`data.max_size`: need 0 < min_size <= max_size, got {} and {}", d.min_size, d.max_size);
+        }
+        if let Some(classes) = &d.classes {
+            if classes.is_empty() {
+                bail!("key `data.classes`: the class list is empty");
+            }
+        }
+        let m = &self.model;
+        if m.anchor_sizes.is_empty() || m.anchor_ratios.is_empty() {
+            bail!("keys `model.anchor_sizes`/`model.anchor_ratios`: need at least one value each");
+        }
+        if m.anchor_sizes.iter().chain(&m.anchor_ratios).any(|v| !(*v > 0.0)) {
+            bail!("keys `model.anchor_sizes`/`model.anchor_ratios`: values must be positive");
+        }
+        for (key, v) in [
+            ("model.rpn.positive_fraction", m.rpn.positive_fraction),
+            ("model.roi.positive_fraction", m.roi.positive_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("key `{key}`: {v} is not in [0, 1]");
+            }
+        }
+        let t = &self.train;
+        if t.iterations == 0 {
+            bail!("key `train.iterations`: must be at least 1");
+        }
+        if t.batch_size == 0 {
+            bail!("key `train.batch_size`: must be at least 1");
+        }
+        if !(t.lr > 0.0) {
+            bail!("key `train.lr`: {} is not allowed; must be positive", t.lr);
+        }
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            bail!("key `name`: `{}` is not a valid run name (non-empty, no slashes)", self.name);
+        }
+        Ok(())
+    }
+
+    /// Checks that the paths the config names exist; run by the commands that read them.
+    /// A synthetic data set may be missing: it is generated on demand.
+    pub fn check_paths(&self) -> Result<()> {
+        if self.data.synthetic.is_none() && !self.data.root.is_dir() {
+            bail!(
+                "key `data.root`: data set directory {} does not exist (point it at a VOCdevkit/VOC2007-style folder)",
+                self.data.root.display()
+            );
+        }
+        if let Some(w) = &self.model.backbone_weights {
+            if !w.is_file() {
+                bail!("key `model.backbone_weights`: file {} does not exist", w.display());
+            }
+        }
+        if let Some(p) = &self.train.init_from {
+            if !p.exists() {
+                bail!("key `train.init_from`: {} does not exist", p.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// LBW's `c`: the configured one or the bit-width's default.
+    pub fn effective_c(&self) -> Option<f64> {
+        if self.quant.is_float() {
+            return None;
+        }
+        self.quant.c.or_else(|| crate::quant::default_c(self.quant.bits))
+    }
+
+    /// The run directory of this experiment.
+    pub fn run_dir(&self) -> PathBuf {
+        self.train.output_dir.join(&self.name)
+    }
+
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
+
+/// Sets `key.path=value` inside a YAML tree, creating mappings on the way; the value is
+/// parsed as YAML (`4`, `0.5`, `true`, `[1, 2]`, `lbw`).
+fn apply_override(root: &mut serde_yaml::Value, item: &str) -> Result<()> {
+    let (key, raw) = item
+        .split_once('=')
+        .with_context(|| "expected KEY=VALUE, e.g. quant.bits=4".to_string())?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        bail!("`{key}` is not a key path like quant.bits");
+    }
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(raw).with_context(|| format!("value `{raw}` is not valid YAML"))?;
+    let mut node = root;
+    for part in key.split('.') {
+        if node.is_null() {
+            *node = serde_yaml::Value::Mapping(Default::default());
+        }
+        let map = node
+            .as_mapping_mut()
+            .with_context(|| format!("key `{key}`: `{part}` is inside a value that is not a mapping"))?;
+        node = map
+            .entry(serde_yaml::Value::String(part.to_string()))
+            .or_insert(serde_yaml::Value::Null);
+    }
+    *node = value;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, sets: &[&str]) -> Result<ExperimentConfig> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        ExperimentConfig::from_yaml_str(text, &sets, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn defaults_follow_py_faster_rcnn() {
+        let c = parse("name: x\n", &[]).unwrap();
+        assert_eq!(c.model.rpn.pre_nms_top_n_train, 12000);
+        assert_eq!(c.model.rpn.post_nms_top_n_test, 300);
+        assert_eq!(c.model.roi.batch_size_per_image, 128);
+        assert_eq!(c.eval.nms_thresh, 0.3);
+        assert!(c.quant.is_float());
+    }
+
+    #[test]
+    fn overrides_apply_and_create_nested_keys() {
+        let c = parse("name: x\nquant: {bits: 6}\n", &["quant.bits=4", "quant.c=3.7", "train.lr_steps=[10, 20]"]).unwrap();
+        assert_eq!(c.quant.bits, 4);
+        assert_eq!(c.quant.c, Some(3.7));
+        assert_eq!(c.train.lr_steps, vec![10, 20]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = format!("{:#}", parse("name: x\nquant: {bitz: 4}\n", &[]).unwrap_err());
+        assert!(err.contains("quant.bitz") && err.contains("test.yaml"), "{err}");
+        let err = format!("{:#}", parse("name: x\n", &["train.iters=3"]).unwrap_err());
+        assert!(err.contains("train.iters"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        for (sets, key) in [
+            (["quant.bits=9"], "quant.bits"),
+            (["quant.bits=1"], "quant.bits"),
+            (["quant.c=0"], "quant.c"),
+            (["quant.c=-1.5"], "quant.c"),
+        ] {
+            let err = format!("{:#}", parse("name: x\n", &sets).unwrap_err());
+            assert!(err.contains(key) && err.contains("test.yaml"), "{err}");
+        }
+        assert!(parse("name: x\n", &["quant.bits=32"]).is_ok());
+        let err = format!("{:#}", parse("name: x\n", &["quant.method=lbww"]).unwrap_err());
+        assert!(err.contains("quant.method"), "{err}");
+    }
+
+    #[test]
+    fn missing_data_root_is_named() {
+        let c = parse("name: x\ndata: {root: /no/such/dir}\n", &[]).unwrap();
+        let err = format!("{:#}", c.check_paths().unwrap_err());
+        assert!(err.contains("data.root") && err.contains("/no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn malformed_override_is_refused() {
+        assert!(parse("name: x\n", &["quant.bits"]).is_err());
+        assert!(parse("name: x\n", &["quant..bits=3"]).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! lbwnet: Faster R-CNN training with weights quantized to zero or powers of two (LBW-Net).
+//!
+//! One concept per module, in the spirit of torchvision's detection package:
+//! `quant` (the quantizers), `nn` (quantize-on-forward layers and backbones), `detect`
+//! (the Faster R-CNN parts), `data` (VOC reading, transforms, loader, synthetic data),
+//! `eval` (VOC AP), `train` (loop, schedule, checkpoints), `experiments` (sweeps, tables).
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod detect;
+pub mod eval;
+pub mod experiments;
+pub mod fsutil;
+pub mod nn;
+pub mod quant;
+pub mod train;
