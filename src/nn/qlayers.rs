@@ -1,0 +1,145 @@
+//! Quantize-on-forward layers (SPEC §1.5): float master weights are what the optimizer
+//! updates; every forward uses `W + (Q(W) - W).detach()`, so the forward sees Q(W) and the
+//! gradient reaches W unchanged (straight-through estimator). Biases stay float.
+use crate::quant::QuantSpec;
+use std::sync::{Arc, Mutex};
+use tch::{nn, Tensor};
+
+/// Every conv / fc weight of a model, quantized or not, by its VarStore name, so logs,
+/// sweeps and export can list alpha, sparsity and level histograms per layer.
+#[derive(Clone, Default)]
+pub struct QuantRegistry {
+    layers: Arc<Mutex<Vec<RegisteredLayer>>>,
+}
+
+#[derive(Debug)]
+pub struct RegisteredLayer {
+    pub name: String,
+    /// Shallow clone of the master weight (shares storage with the VarStore's).
+    pub weight: Tensor,
+    /// `None`: this layer stays float.
+    pub spec: Option<QuantSpec>,
+}
+
+impl QuantRegistry {
+    pub fn register(&self, name: String, weight: &Tensor, spec: Option<QuantSpec>) {
+        let mut layers = self.layers.lock().expect("quant registry poisoned");
+        layers.push(RegisteredLayer { name, weight: weight.shallow_clone(), spec });
+    }
+
+    /// Runs `f` over the registered layers, in registration order.
+    pub fn with_layers<R>(&self, f: impl FnOnce(&[RegisteredLayer]) -> R) -> R {
+        f(&self.layers.lock().expect("quant registry poisoned"))
+    }
+}
+
+/// One layer's quantization summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerStats {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub numel: i64,
+    /// 32 for a float layer.
+    pub bits: u32,
+    pub alpha: f64,
+    pub nonzero_fraction: f64,
+    /// Counts per code magnitude, from 0 up to the largest level (empty for float).
+    pub level_counts: Vec<u64>,
+}
+
+/// The weight a quantized layer's forward uses: Q(W) forward, identity backward.
+pub fn straight_through(weight: &Tensor, spec: Option<&QuantSpec>) -> Tensor {
+    match spec {
+        None => weight.shallow_clone(),
+        Some(spec) => {
+            let quantized = tch::no_grad(|| crate::quant::quantize(weight, spec));
+            weight + (quantized - weight).detach()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct QConv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: i64,
+    pub padding: i64,
+    pub dilation: i64,
+    pub groups: i64,
+    pub spec: Option<QuantSpec>,
+}
+
+/// A 2-D convolution whose weight `<path>.weight` is quantized on forward when `spec` is
+/// set. `bias: false` for convs followed by a norm layer.
+#[allow(clippy::too_many_arguments)]
+pub fn qconv2d(
+    path: &nn::Path,
+    registry: &QuantRegistry,
+    spec: Option<QuantSpec>,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    cfg: nn::ConvConfig,
+) -> QConv2d {
+    let weight = path.var("weight", &[c_out, c_in / cfg.groups, kernel, kernel], cfg.ws_init);
+    let bias = cfg.bias.then(|| path.var("bias", &[c_out], cfg.bs_init));
+    registry.register(path.path("weight"), &weight, spec);
+    QConv2d {
+        weight,
+        bias,
+        stride: cfg.stride,
+        padding: cfg.padding,
+        dilation: cfg.dilation,
+        groups: cfg.groups,
+        spec,
+    }
+}
+
+impl nn::Module for QConv2d {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let weight = straight_through(&self.weight, self.spec.as_ref());
+        xs.conv2d(
+            &weight,
+            self.bias.as_ref(),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [self.dilation, self.dilation],
+            self.groups,
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct QLinear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub spec: Option<QuantSpec>,
+}
+
+/// A fully-connected layer (`<path>.weight` [out, in], `<path>.bias`), quantized on
+/// forward when `spec` is set. Initialization as tch's `nn::linear`.
+pub fn qlinear(
+    path: &nn::Path,
+    registry: &QuantRegistry,
+    spec: Option<QuantSpec>,
+    c_in: i64,
+    c_out: i64,
+    init: nn::LinearConfig,
+) -> QLinear {
+    let weight = path.var("weight", &[c_out, c_in], init.ws_init);
+    let bound = 1.0 / (c_in as f64).sqrt();
+    let bias = path.var(
+        "bias",
+        &[c_out],
+        init.bs_init.unwrap_or(nn::Init::Uniform { lo: -bound, up: bound }),
+    );
+    registry.register(path.path("weight"), &weight, spec);
+    QLinear { weight, bias, spec }
+}
+
+impl nn::Module for QLinear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let weight = straight_through(&self.weight, self.spec.as_ref());
+        xs.linear(&weight, Some(&self.bias))
+    }
+}
