@@ -184,8 +184,6 @@ pub enum Pooler {
 #[serde(deny_unknown_fields, default)]
 pub struct RoiConfig {
     pub pooler: Pooler,
-    /// Pooled size fed to the head (7; ResNet C4 pools 14 and its layer4 halves it).
-    pub output_size: i64,
     /// Bilinear samples per bin side; 0 means adaptive, as torchvision.
     pub sampling_ratio: i64,
     pub aligned: bool,
@@ -205,7 +203,6 @@ impl Default for RoiConfig {
     fn default() -> Self {
         Self {
             pooler: Pooler::RoiAlign,
-            output_size: 7,
             sampling_ratio: 2,
             aligned: false,
             batch_size_per_image: 128,
@@ -454,9 +451,38 @@ impl ExperimentConfig {
         self.quant.c.or_else(|| crate::quant::default_c(self.quant.bits))
     }
 
-    /// The run directory of this experiment.
+    /// The quantizer of every quantized layer, `None` for a float model.
+    pub fn quant_spec(&self) -> Result<Option<crate::quant::QuantSpec>> {
+        if self.quant.is_float() {
+            return Ok(None);
+        }
+        let c = match (self.quant.method, self.effective_c()) {
+            (_, Some(c)) => c,
+            (Method::Lbw, None) => bail!(
+                "key `quant.c`: lbw at {} bits has no default c; set one",
+                self.quant.bits
+            ),
+            // The other methods do not use c.
+            (_, None) => 0.0,
+        };
+        Ok(Some(crate::quant::QuantSpec { method: self.quant.method, bits: self.quant.bits, c }))
+    }
+
+    /// Short tag of the quantization setting: `fp32`, `w6-lbw-c7.2`, `w2-ternary`.
+    pub fn quant_tag(&self) -> String {
+        if self.quant.is_float() {
+            return "fp32".to_string();
+        }
+        match (self.quant.method, self.effective_c()) {
+            (Method::Lbw, Some(c)) => format!("w{}-lbw-c{c}", self.quant.bits),
+            (method, _) => format!("w{}-{method}", self.quant.bits),
+        }
+    }
+
+    /// The run directory of this experiment: `<output_dir>/<name>/<quant tag>`, so runs at
+    /// different bit-widths never overwrite each other.
     pub fn run_dir(&self) -> PathBuf {
-        self.train.output_dir.join(&self.name)
+        self.train.output_dir.join(&self.name).join(self.quant_tag())
     }
 
     pub fn to_yaml(&self) -> Result<String> {
@@ -548,6 +574,17 @@ mod tests {
         let c = parse("name: x\ndata: {root: /no/such/dir}\n", &[]).unwrap();
         let err = format!("{:#}", c.check_paths().unwrap_err());
         assert!(err.contains("data.root") && err.contains("/no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                ExperimentConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+            }
+        }
     }
 
     #[test]

@@ -1,1 +1,8 @@
-//! See lib.rs.
+//! Training: the SGD optimizer with momentum buffers we can checkpoint, the learning-rate
+//! schedule, checkpoints, the training loop, and evaluation of a model on a split.
+pub mod bench;
+pub mod checkpoint;
+pub mod evaluate;
+pub mod schedule;
+pub mod sgd;
+pub mod trainer;

@@ -1,0 +1,157 @@
+//! PNG plots of a sweep: mAP against c for each bit-width, and mAP against bit-width at
+//! the best c, with the float model as a reference line.
+use crate::experiments::table::SweepTable;
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const FONT: &str = "sans-serif";
+const PALETTE: [RGBColor; 7] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
+
+/// plotters renders text with fonts registered by name; DejaVu Sans ships in a crate so
+/// plots look the same on machines without system fonts.
+fn register_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+fn draw_error<E: std::fmt::Debug>(err: E) -> anyhow::Error {
+    anyhow!("drawing plot: {err:?}")
+}
+
+/// Writes `map_vs_c.png` and `map_vs_bits.png` into `dir` (atomically).
+pub fn write_plots(table: &SweepTable, dir: &Path) -> Result<()> {
+    register_fonts();
+    let float_map = table.rows.iter().find(|r| r.method == "float").map(|r| r.map);
+    render(&dir.join("map_vs_c.png"), |path| plot_map_vs_c(table, float_map, path))?;
+    render(&dir.join("map_vs_bits.png"), |path| plot_map_vs_bits(table, float_map, path))
+}
+
+/// plotters writes to a path; render to a temporary one and rename.
+fn render(out: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    crate::fsutil::write_atomic_via_path(out, draw)
+}
+
+fn map_range(values: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> {
+    let lo = values.clone().fold(f64::INFINITY, f64::min);
+    let hi = values.fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let pad = ((hi - lo) * 0.1).max(0.02);
+    (lo - pad).max(0.0)..(hi + pad).min(1.0)
+}
+
+fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
+    let lbw: Vec<_> = table.rows.iter().filter(|r| r.c.is_some()).collect();
+    let cs = lbw.iter().filter_map(|r| r.c);
+    let (c_lo, c_hi) = (cs.clone().fold(f64::INFINITY, f64::min), cs.fold(f64::NEG_INFINITY, f64::max));
+    let (c_lo, c_hi) = if c_lo.is_finite() { (c_lo * 0.9, c_hi * 1.1) } else { (0.0, 1.0) };
+    let y = map_range(lbw.iter().map(|r| r.map).chain(float_map));
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("mAP against c (sweep {})", table.sweep), (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(c_lo..c_hi, y)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("c (alpha = c * mean|W|)")
+        .y_desc("mAP")
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(draw_error)?;
+    let mut bits: Vec<u32> = lbw.iter().map(|r| r.bits).collect();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    bits.dedup();
+    for (i, b) in bits.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let mut points: Vec<(f64, f64)> =
+            lbw.iter().filter(|r| r.bits == *b).filter_map(|r| r.c.map(|c| (c, r.map))).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(draw_error)?
+            .label(format!("{b} bits"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(draw_error)?;
+    }
+    if let Some(f) = float_map {
+        chart
+            .draw_series(LineSeries::new(vec![(c_lo, f), (c_hi, f)], BLACK.stroke_width(1)))
+            .map_err(draw_error)?
+            .label("32-bit float")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)?;
+    root.present().map_err(draw_error)
+}
+
+fn plot_map_vs_bits(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
+    let mut points: Vec<(f64, f64)> = table
+        .best_per_bits()
+        .iter()
+        .filter(|r| r.method != "float")
+        .map(|r| (r.bits as f64, r.map))
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let y = map_range(points.iter().map(|p| p.1).chain(float_map));
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("mAP against bit-width, best c (sweep {})", table.sweep), (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(1.5f64..8.5f64, y)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("weight bits")
+        .y_desc("mAP")
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(draw_error)?;
+    let color = PALETTE[0];
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+        .map_err(draw_error)?
+        .label("quantized (best c)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(draw_error)?;
+    if let Some(f) = float_map {
+        chart
+            .draw_series(LineSeries::new(vec![(1.5, f), (8.5, f)], BLACK.stroke_width(1)))
+            .map_err(draw_error)?
+            .label("32-bit float")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)?;
+    root.present().map_err(draw_error)
+}

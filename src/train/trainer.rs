@@ -1,0 +1,268 @@
+//! The training loop: data, model, SGD, schedule, checkpoints and resume, Ctrl-C, progress,
+//! and the final evaluation that writes `metrics.json`, `summary.md` and the comp4 files.
+use crate::config::{DeviceChoice, ExperimentConfig};
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::synthetic::ensure_synthetic;
+use crate::data::voc::VocDataset;
+use crate::detect::faster_rcnn::{FasterRcnn, ImageBatch, ImageTarget};
+use crate::eval::EvalReport;
+use crate::fsutil::write_atomic;
+use crate::train::checkpoint::{self, CheckpointState};
+use crate::train::evaluate::evaluate_model;
+use crate::train::schedule::learning_rate;
+use crate::train::sgd::Sgd;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tch::nn::VarStore;
+use tch::Device;
+
+/// What a finished training reports (written as `metrics.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub map: f64,
+    pub metric: String,
+    pub ap: serde_json::Value,
+    pub bits: u32,
+    pub method: String,
+    pub c: Option<f64>,
+    pub iterations: usize,
+    pub train_seconds: f64,
+    pub images_per_second: f64,
+    pub run_dir: PathBuf,
+}
+
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}] {{msg}}"
+        ))
+        .expect("valid progress template"),
+    );
+    bar
+}
+
+pub fn select_device(choice: DeviceChoice) -> Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda => {
+            if !tch::Cuda::is_available() {
+                bail!("key `train.device`: cuda requested but no CUDA device is available");
+            }
+            Device::Cuda(0)
+        }
+    })
+}
+
+/// Set by Ctrl-C; the loop checkpoints and stops at the end of the current iteration.
+fn interrupted() -> &'static AtomicBool {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        // A second handler cannot be installed (tests train several times in one process).
+        let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
+        flag
+    })
+}
+
+/// A model with its variables on `device`, optionally initialized from pretrained
+/// backbone weights (frozen layers set) and from another run's checkpoint.
+pub fn build_model(cfg: &ExperimentConfig, num_classes: usize, device: Device) -> Result<(VarStore, FasterRcnn)> {
+    let mut vs = VarStore::new(device);
+    let model = FasterRcnn::new(&vs.root(), cfg, num_classes)?;
+    if let Some(weights) = &cfg.model.backbone_weights {
+        let report = crate::nn::weights::load_by_name(&mut vs, weights, "backbone.")?;
+        tracing::info!(
+            "backbone weights {}: {} loaded, {} missing, {} unused",
+            weights.display(),
+            report.loaded.len(),
+            report.missing.len(),
+            report.unused.len()
+        );
+        for (name, var) in vs.variables() {
+            let frozen = model.frozen_prefixes.iter().any(|p| name.starts_with(&format!("backbone.{p}")));
+            if frozen {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+    }
+    if let Some(init) = &cfg.train.init_from {
+        let weights = checkpoint::resolve_weights(init)?;
+        checkpoint::load_weights(&weights, &vs)?;
+        tracing::info!("initialized from {}", weights.display());
+    }
+    Ok((vs, model))
+}
+
+fn seed_iteration(seed: u64, iteration: usize) {
+    // Per-iteration seeds make a resumed run draw the same samples as an uninterrupted one.
+    let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iteration as u64;
+    tch::manual_seed((mixed >> 1) as i64);
+}
+
+/// Trains `cfg` from scratch, or continues the run in `resume` (its saved config wins).
+pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, EvalReport)> {
+    let (cfg, run_dir, resume_state) = match resume {
+        Some(dir) => {
+            let state_path = checkpoint::latest(dir)?
+                .with_context(|| format!("--resume {}: no finished checkpoint there", dir.display()))?;
+            let state = checkpoint::read_state(&state_path)?;
+            let cfg = ExperimentConfig::from_yaml_str(&state.config_yaml, &[], &state_path)?;
+            (cfg, dir.to_path_buf(), Some(state))
+        }
+        None => (cfg.clone(), cfg.run_dir(), None),
+    };
+    cfg.check_paths()?;
+    ensure_synthetic(&cfg.data)?;
+    let device = select_device(cfg.train.device)?;
+    let classes = cfg.data.classes.as_deref();
+    let train_set = Arc::new(VocDataset::open(&cfg.data.root, &cfg.data.train_split, classes)?);
+    let num_classes = train_set.classes.len();
+    tracing::info!(
+        "training {} on {} ({} images, {} classes), {} on {:?}",
+        cfg.name,
+        cfg.data.root.display(),
+        train_set.ids.len(),
+        num_classes,
+        cfg.quant_tag(),
+        device
+    );
+
+    let mut init_cfg = cfg.clone();
+    if resume_state.is_some() {
+        // The checkpoint already holds the initialized weights.
+        init_cfg.train.init_from = None;
+        init_cfg.model.backbone_weights = None;
+    }
+    let (vs, model) = build_model(&init_cfg, num_classes, device)?;
+    let mut sgd = Sgd::new(vs.variables(), cfg.train.momentum, cfg.train.weight_decay);
+    let (start, mut train_seconds) = match &resume_state {
+        Some(state) => {
+            let momentum =
+                checkpoint::load_weights(&checkpoint::checkpoint_dir(&run_dir).join(&state.weights), &vs)?;
+            sgd.load_state(momentum)?;
+            tracing::info!("resumed {} at iteration {}", run_dir.display(), state.iteration);
+            (state.iteration, state.train_seconds)
+        }
+        None => {
+            checkpoint::clear(&run_dir)?;
+            write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml()?.as_bytes())?;
+            (0, 0.0)
+        }
+    };
+
+    let t = &cfg.train;
+    let loader_cfg = LoaderConfig::from_data_config(&cfg.data, true, t.seed);
+    let mut loader = Loader::new(train_set.clone(), loader_cfg, start * t.batch_size, None);
+    let save = |iteration: usize, seconds: f64, sgd: &Sgd| -> Result<()> {
+        let state = CheckpointState {
+            iteration,
+            weights: String::new(),
+            train_seconds: seconds,
+            config_yaml: cfg.to_yaml()?,
+        };
+        checkpoint::save(&run_dir, &vs, &sgd.state(), state)?;
+        Ok(())
+    };
+
+    let progress = progress_bar(t.iterations as u64, "train");
+    progress.set_position(start as u64);
+    let stop = interrupted();
+    let mut segment_start = Instant::now();
+    for iteration in start..t.iterations {
+        seed_iteration(t.seed, iteration);
+        let mut images = Vec::with_capacity(t.batch_size);
+        let mut scales = Vec::with_capacity(t.batch_size);
+        let mut targets = Vec::with_capacity(t.batch_size);
+        for _ in 0..t.batch_size {
+            let sample = loader.next().context("training data loader ended")??;
+            images.push(sample.image.to_device(device));
+            scales.push(sample.scale);
+            targets.push(ImageTarget { boxes: sample.boxes.to_device(device), labels: sample.labels.to_device(device) });
+        }
+        let batch = ImageBatch::new(&images, scales);
+        let losses = model.losses(&batch, &targets);
+        let total = losses.total();
+        let total_value = total.double_value(&[]);
+        if !total_value.is_finite() {
+            bail!("training diverged at iteration {iteration}: loss is {total_value}; lower train.lr or set train.clip_grad_norm");
+        }
+        sgd.zero_grad();
+        total.backward();
+        if t.clip_grad_norm > 0.0 {
+            sgd.clip_grad_norm(t.clip_grad_norm);
+        }
+        let lr = learning_rate(t, iteration);
+        sgd.step(lr);
+
+        let done = iteration + 1;
+        progress.set_position(done as u64);
+        if done % t.log_interval.max(1) == 0 || done == t.iterations {
+            let terms: Vec<String> =
+                losses.values().iter().map(|(name, v)| format!("{name} {v:.3}")).collect();
+            let message = format!("loss {total_value:.3} ({}) lr {lr:.2e}", terms.join(", "));
+            progress.set_message(message.clone());
+            progress.suspend(|| tracing::info!("iter {done}/{}: {message}", t.iterations));
+        }
+        let stopping = stop.load(Ordering::SeqCst);
+        let periodic = t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0;
+        if periodic || stopping || done == t.iterations {
+            train_seconds += segment_start.elapsed().as_secs_f64();
+            segment_start = Instant::now();
+            save(done, train_seconds, &sgd)?;
+        }
+        if stopping {
+            progress.abandon();
+            bail!(
+                "interrupted at iteration {done}; checkpoint written, continue with `lbwnet train --resume {}`",
+                run_dir.display()
+            );
+        }
+    }
+    progress.finish_and_clear();
+    drop(loader);
+
+    let test_set = Arc::new(VocDataset::open(&cfg.data.root, &cfg.data.test_split, Some(&train_set.classes))?);
+    let report = evaluate_model(&model, test_set, &cfg.data, &cfg.eval, device, &run_dir.join("detections"), 0)?;
+    let images = (t.iterations * t.batch_size) as f64;
+    let metrics = Metrics {
+        map: report.map,
+        metric: cfg.eval.metric.name().to_string(),
+        ap: report.to_json()["ap"].clone(),
+        bits: cfg.quant.bits,
+        method: if cfg.quant.is_float() { "float".into() } else { cfg.quant.method.name().into() },
+        c: cfg.effective_c().filter(|_| cfg.quant.method == crate::quant::Method::Lbw),
+        iterations: t.iterations,
+        train_seconds,
+        images_per_second: if train_seconds > 0.0 { images / train_seconds } else { 0.0 },
+        run_dir: run_dir.clone(),
+    };
+    write_results(&run_dir, &metrics, &report)?;
+    Ok((metrics, report))
+}
+
+/// `metrics.json` and `summary.md` in the run directory.
+pub fn write_results(run_dir: &Path, metrics: &Metrics, report: &EvalReport) -> Result<()> {
+    write_atomic(&run_dir.join("metrics.json"), serde_json::to_string_pretty(metrics)?.as_bytes())?;
+    let summary = format!(
+        "# {}\n\n- bits: {} ({}{})\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}",
+        run_dir.display(),
+        metrics.bits,
+        metrics.method,
+        metrics.c.map(|c| format!(", c = {c}")).unwrap_or_default(),
+        metrics.iterations,
+        metrics.train_seconds,
+        metrics.images_per_second,
+        metrics.metric,
+        metrics.map,
+        report.to_markdown()
+    );
+    write_atomic(&run_dir.join("summary.md"), summary.as_bytes())
+}

@@ -1,0 +1,64 @@
+//! Config errors from the command line: a message naming the key or path, a non-zero exit,
+//! and never a panic.
+use std::path::Path;
+use std::process::Command;
+
+fn lbwnet(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet")).args(args).output().expect("running lbwnet");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "lbwnet panicked: {stderr}");
+    (out.status.success(), stderr)
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "bad.yaml", "name: x\ntrain:\n  iteratoins: 5\n");
+    let (ok, stderr) = lbwnet(&["train", "--config", &cfg]);
+    assert!(!ok);
+    assert!(stderr.contains("train.iteratoins") && stderr.contains("bad.yaml"), "{stderr}");
+}
+
+#[test]
+fn bad_bit_width_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "c.yaml", "name: x\n");
+    let (ok, stderr) = lbwnet(&["train", "--config", &cfg, "--set", "quant.bits=12"]);
+    assert!(!ok);
+    assert!(stderr.contains("quant.bits") && stderr.contains("2..=8"), "{stderr}");
+    let (ok, stderr) = lbwnet(&["train", "--config", &cfg, "--set", "quant.c=-2"]);
+    assert!(!ok);
+    assert!(stderr.contains("quant.c"), "{stderr}");
+}
+
+#[test]
+fn missing_data_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-voc");
+    let cfg = write_config(dir.path(), "c.yaml", &format!("name: x\ndata:\n  root: {}\n", missing.display()));
+    let (ok, stderr) = lbwnet(&["train", "--config", &cfg]);
+    assert!(!ok);
+    assert!(stderr.contains("data.root") && stderr.contains("no-such-voc"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let (ok, stderr) = lbwnet(&["train", "--config", "/no/such/config.yaml"]);
+    assert!(!ok);
+    assert!(stderr.contains("/no/such/config.yaml"), "{stderr}");
+}
+
+#[test]
+fn info_reports_libtorch() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet")).arg("info").env_clear().output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("libtorch 2.11"), "{stdout}");
+    assert!(stdout.contains("cuda available"), "{stdout}");
+}

@@ -1,0 +1,100 @@
+//! End to end on a tiny generated data set: train with checkpoints, resume from an earlier
+//! checkpoint and land on the same weights, evaluate a finished run.
+use lbwnet::config::ExperimentConfig;
+use lbwnet::train::checkpoint;
+use lbwnet::train::trainer::train;
+use std::path::Path;
+use tch::Tensor;
+
+fn tiny_config(root: &Path, bits: u32) -> ExperimentConfig {
+    let yaml = format!(
+        r#"
+name: tiny
+data:
+  root: {data}
+  min_size: 96
+  max_size: 128
+  loader_threads: 1
+  synthetic: {{train: 6, test: 3, seed: 7, width: 128, height: 96}}
+model:
+  backbone: small
+  small_width: 8
+  anchor_sizes: [32, 64]
+  rpn: {{channels: 16, pre_nms_top_n_train: 200, post_nms_top_n_train: 50, pre_nms_top_n_test: 100, post_nms_top_n_test: 20, min_size: 2}}
+  roi: {{batch_size_per_image: 32, head_hidden: 32}}
+quant: {{bits: {bits}, method: lbw}}
+train:
+  iterations: 6
+  lr: 0.005
+  lr_steps: [4]
+  warmup_iterations: 2
+  checkpoint_interval: 3
+  log_interval: 2
+  output_dir: {runs}
+  device: cpu
+"#,
+        data = root.join("data").display(),
+        runs = root.join("runs").display()
+    );
+    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("tiny.yaml")).unwrap()
+}
+
+fn read_weights(path: &Path) -> Vec<(String, Tensor)> {
+    let mut tensors = Tensor::read_safetensors(path).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+#[test]
+fn train_checkpoint_resume_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 6);
+    let (metrics, report) = train(&cfg, None).unwrap();
+    let run_dir = cfg.run_dir();
+    assert!(run_dir.ends_with("tiny/w6-lbw-c7.2"), "{}", run_dir.display());
+    assert!((0.0..=1.0).contains(&metrics.map), "{}", metrics.map);
+    assert!(!report.ap.is_empty());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap();
+    for key in ["map", "metric", "ap", "bits", "method", "c", "iterations", "train_seconds", "images_per_second"] {
+        assert!(json.get(key).is_some(), "metrics.json lacks {key}: {json}");
+    }
+    assert_eq!(json["bits"], 6);
+    assert!(run_dir.join("summary.md").is_file());
+    let dets = std::fs::read_dir(run_dir.join("detections")).unwrap().count();
+    assert!(dets > 0, "no comp4 files written");
+
+    // Drop the final checkpoint, resume from iteration 3, and land on the same weights.
+    let last = checkpoint::latest(&run_dir).unwrap().unwrap();
+    let state = checkpoint::read_state(&last).unwrap();
+    assert_eq!(state.iteration, 6);
+    let final_weights = read_weights(&checkpoint::checkpoint_dir(&run_dir).join(&state.weights));
+    std::fs::remove_file(&last).unwrap();
+    let resumed_from = checkpoint::read_state(&checkpoint::latest(&run_dir).unwrap().unwrap()).unwrap();
+    assert_eq!(resumed_from.iteration, 3);
+    train(&cfg, Some(&run_dir)).unwrap();
+    let state = checkpoint::read_state(&checkpoint::latest(&run_dir).unwrap().unwrap()).unwrap();
+    let resumed_weights = read_weights(&checkpoint::checkpoint_dir(&run_dir).join(&state.weights));
+    assert_eq!(final_weights.len(), resumed_weights.len());
+    for ((name, a), (_, b)) in final_weights.iter().zip(&resumed_weights) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{name} differs by {diff} after resume");
+    }
+}
+
+#[test]
+fn evaluate_command_reads_a_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), 32);
+    train(&cfg, None).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+        .args(["eval", "--run", cfg.run_dir().to_str().unwrap(), "--json", "--save-images", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(json["metric"], "voc07");
+    let images = std::fs::read_dir(cfg.run_dir().join("eval").join("images")).unwrap().count();
+    assert_eq!(images, 2);
+}
