@@ -31,6 +31,51 @@ impl QuantRegistry {
     pub fn with_layers<R>(&self, f: impl FnOnce(&[RegisteredLayer]) -> R) -> R {
         f(&self.layers.lock().expect("quant registry poisoned"))
     }
+
+    /// Every layer's current quantization summary, in registration order (quantizes the
+    /// master weights once more; a device sync per layer).
+    pub fn stats(&self) -> Vec<LayerStats> {
+        self.with_layers(|layers| {
+            tch::no_grad(|| layers.iter().map(RegisteredLayer::stats).collect())
+        })
+    }
+}
+
+impl RegisteredLayer {
+    fn stats(&self) -> LayerStats {
+        let shape = self.weight.size();
+        let numel = self.weight.numel() as i64;
+        match &self.spec {
+            Some(spec) => {
+                let q = crate::quant::quantize_codes(&self.weight, spec);
+                LayerStats {
+                    name: self.name.clone(),
+                    shape,
+                    numel,
+                    bits: spec.bits,
+                    alpha: q.alpha(),
+                    nonzero_fraction: q.nonzero_fraction(),
+                    level_counts: q.level_counts(),
+                }
+            }
+            None => {
+                let nonzero = self.weight.count_nonzero(None).int64_value(&[]);
+                LayerStats {
+                    name: self.name.clone(),
+                    shape,
+                    numel,
+                    bits: crate::quant::FLOAT_BITS,
+                    alpha: 1.0,
+                    nonzero_fraction: if numel == 0 {
+                        0.0
+                    } else {
+                        nonzero as f64 / numel as f64
+                    },
+                    level_counts: Vec::new(),
+                }
+            }
+        }
+    }
 }
 
 /// One layer's quantization summary.
@@ -41,6 +86,7 @@ pub struct LayerStats {
     pub numel: i64,
     /// 32 for a float layer.
     pub bits: u32,
+    /// The layer's scale (1 for a float layer: its weights are their own levels).
     pub alpha: f64,
     pub nonzero_fraction: f64,
     /// Counts per code magnitude, from 0 up to the largest level (empty for float).

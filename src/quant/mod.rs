@@ -1,6 +1,25 @@
 //! Weight quantizers: LBW-Net's level sets and schemes (SPEC §1), the exact b-bit solver,
 //! baselines, and code packing.
+//!
+//! Every quantizer maps a float tensor W to `alpha * q`: one float32 scale per tensor and
+//! an integer code per weight ([`Quantized`]). They run on W's device as tensor ops or,
+//! for CPU tensors, as fused Rust loops, with no host round trip; only `exact` copies W
+//! to the CPU, where its solver runs.
+mod baselines;
+pub mod bench;
+mod cpu;
+pub mod exact;
+mod lbw;
+pub mod levels;
+pub mod packing;
+mod ternary;
+
+pub use levels::LevelSet;
+pub use packing::{pack, storage_bytes, unpack, PackedTensor};
+
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
 
 /// Which quantizer maps a float weight tensor to `alpha * q`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -12,7 +31,7 @@ pub enum Method {
     Exact,
     /// Exact ternary formula, O(N log N) (SPEC §1.2); bits must be 2.
     Ternary,
-    /// Ternary weight networks baseline.
+    /// Ternary weight networks baseline (SPEC §1.4); bits must be 2.
     Twn,
     /// INQ-style power-of-two baseline with a fixed power-of-two scale.
     Pow2,
@@ -42,14 +61,18 @@ impl std::fmt::Display for Method {
 /// The bit-width that means "no quantization" in configs and tables.
 pub const FLOAT_BITS: u32 = 32;
 
-/// LBW's default free parameter `c` per bit-width (SPEC §1.3), chosen to minimize the
-/// worst-case MSE ratio to the exact optimum over Gaussian, Laplace and Student-t weights.
+/// LBW's default free parameter `c` per bit-width (SPEC §1.3): the single c minimizing
+/// the worst-case MSE ratio to the exact optimum over Gaussian, Laplace and Student-t
+/// weights of 500 to 500k entries. b = 3..=6 are SPEC's values; b = 2, 7 and 8 come from
+/// the same criterion (`tests/quant_default_c.rs` reproduces all of them).
 pub fn default_c(bits: u32) -> Option<f64> {
     match bits {
+        2 => Some(1.0),
         3 => Some(2.5),
         4 => Some(3.7),
         5 | 6 => Some(7.2),
-        7 | 8 => Some(7.2),
+        7 => Some(7.2),
+        8 => Some(7.2),
         _ => None,
     }
 }
@@ -63,9 +86,100 @@ pub struct QuantSpec {
     pub c: f64,
 }
 
-/// `alpha * q` for `w`: same shape, dtype and device, computed without host round trips
-/// (scaffold: the quantizers land with their issue).
-pub fn quantize(w: &tch::Tensor, spec: &QuantSpec) -> tch::Tensor {
-    let _ = spec;
-    w.shallow_clone()
+impl QuantSpec {
+    /// A checked spec; `c` defaults to [`default_c`] of the bit-width.
+    pub fn new(method: Method, bits: u32, c: Option<f64>) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            bail!("bits {bits} is not allowed; use 2..=8");
+        }
+        let c = match c.or_else(|| default_c(bits)) {
+            Some(c) if c > 0.0 && c.is_finite() => c,
+            Some(c) => bail!("c {c} is not allowed; c must be a positive number"),
+            None => bail!("no default c for {bits} bits"),
+        };
+        if matches!(method, Method::Ternary | Method::Twn) && bits != 2 {
+            bail!("method {method} is ternary; it needs bits = 2, not {bits}");
+        }
+        Ok(QuantSpec { method, bits, c })
+    }
+
+    /// The level set this spec quantizes to.
+    pub fn levels(&self) -> LevelSet {
+        match self.method {
+            Method::Uniform => LevelSet::uniform(self.bits),
+            Method::Ternary | Method::Twn => LevelSet::powers_of_two(2),
+            Method::Lbw | Method::Exact | Method::Pow2 => LevelSet::powers_of_two(self.bits),
+        }
+    }
+}
+
+/// A quantized tensor: `alpha * level(code)` per weight.
+#[derive(Debug)]
+pub struct Quantized {
+    /// 0-d float32 on the weight's device; 0 for an all-zero tensor.
+    pub alpha: Tensor,
+    /// Int8 codes of the weight's shape and device: `±k` is `±levels.magnitude(k)`.
+    pub codes: Tensor,
+    pub levels: LevelSet,
+}
+
+impl Quantized {
+    /// `alpha` on the host (a device sync on CUDA).
+    pub fn alpha(&self) -> f64 {
+        self.alpha.double_value(&[])
+    }
+
+    /// `alpha * q` as float32 on the codes' device.
+    pub fn dequantize(&self) -> Tensor {
+        levels::dequantize(&self.alpha, &self.codes, self.levels)
+    }
+
+    /// How many weights sit on each magnitude, from 0 up to the largest level.
+    pub fn level_counts(&self) -> Vec<u64> {
+        let bins = i64::from(self.levels.max_code()) + 1;
+        let counts = self
+            .codes
+            .flatten(0, -1)
+            .abs()
+            .to_kind(Kind::Int64)
+            .bincount::<Tensor>(None, bins);
+        let counts = Vec::<i64>::try_from(&counts.to_device(tch::Device::Cpu))
+            .expect("bincount gives int64 counts");
+        counts.into_iter().map(|c| c as u64).collect()
+    }
+
+    /// Fraction of weights with a nonzero code (0 for an empty tensor).
+    pub fn nonzero_fraction(&self) -> f64 {
+        let numel = self.codes.numel();
+        if numel == 0 {
+            return 0.0;
+        }
+        self.codes.count_nonzero(None).int64_value(&[]) as f64 / numel as f64
+    }
+}
+
+/// Quantizes `w` (any float dtype, any device) to scale and codes. `spec.bits` must be in
+/// 2..=8 ([`QuantSpec::new`] checks); `ternary` and `twn` always give `{0, ±1}`.
+pub fn quantize_codes(w: &Tensor, spec: &QuantSpec) -> Quantized {
+    let w = w.detach().to_kind(Kind::Float).contiguous();
+    if w.numel() == 0 {
+        return Quantized {
+            alpha: Tensor::zeros([], (Kind::Float, w.device())),
+            codes: Tensor::zeros(w.size(), (Kind::Int8, w.device())),
+            levels: spec.levels(),
+        };
+    }
+    match spec.method {
+        Method::Lbw => lbw::quantize(&w, spec.bits, spec.c),
+        Method::Exact => exact::quantize(&w, spec.bits),
+        Method::Ternary => ternary::quantize(&w),
+        Method::Twn => baselines::twn(&w),
+        Method::Pow2 => baselines::pow2(&w, spec.bits),
+        Method::Uniform => baselines::uniform(&w, spec.bits),
+    }
+}
+
+/// `alpha * q` for `w`: same shape, dtype and device.
+pub fn quantize(w: &Tensor, spec: &QuantSpec) -> Tensor {
+    quantize_codes(w, spec).dequantize().to_kind(w.kind())
 }

@@ -1,0 +1,56 @@
+//! Baselines for the comparison tables (SPEC §1.4): ternary weight networks, INQ-style
+//! power-of-two with a fixed power-of-two scale, and symmetric uniform. Tensor ops on
+//! `w`'s device; reductions that order can change run in float64 or are exact.
+use super::{lbw, levels, LevelSet, Quantized};
+use tch::{Kind, Tensor};
+
+/// TWN: `delta = 0.7 * mean|W|`, keep `|W| > delta`, `alpha = mean` of the kept |W|.
+pub(crate) fn twn(w: &Tensor) -> Quantized {
+    let magnitudes = w.abs();
+    let delta = lbw::scaled_mean_abs(w, 0.7);
+    let keep = magnitudes.gt_tensor(&delta);
+    let kept_sum = (&magnitudes * &keep).sum(Kind::Double);
+    let kept = keep.sum(Kind::Double).clamp_min(1.0);
+    let alpha = (kept_sum / kept).to_kind(Kind::Float);
+    let codes = levels::with_signs_of(&keep.to_kind(Kind::Int8), w);
+    Quantized {
+        alpha,
+        codes,
+        levels: LevelSet::powers_of_two(2),
+    }
+}
+
+/// INQ-style: `alpha = 2^floor(log2(4/3 * max|W|))`, then the nearest level.
+pub(crate) fn pow2(w: &Tensor, bits: u32) -> Quantized {
+    let levels = LevelSet::powers_of_two(bits);
+    let max = w.abs().max();
+    // 2^floor(log2(4x/3)) rounds x to a power of two with the cut at 1.5 * 2^e, which is
+    // adding the first mantissa bit into the exponent and clearing the mantissa: exact.
+    let rounded_bits = (max.view_dtype(Kind::Int) + (1i64 << 22)).bitwise_and(-(1i64 << 23));
+    let alpha = rounded_bits.view_dtype(Kind::Float);
+    let codes = levels::pow2_codes(w, &alpha, levels.max_code());
+    Quantized {
+        alpha,
+        codes,
+        levels,
+    }
+}
+
+/// Symmetric uniform: `2^(b-1) - 1` positive levels, step `max|W| / (2^(b-1) - 1)`,
+/// rounding half to even.
+pub(crate) fn uniform(w: &Tensor, bits: u32) -> Quantized {
+    let levels = LevelSet::uniform(bits);
+    let steps = i64::from(levels.max_code());
+    let magnitudes = w.abs();
+    let alpha = magnitudes.max() / steps as f64;
+    let index = (magnitudes / levels::nonzero_scale_tensor(&alpha))
+        .round()
+        .clamp(0, steps)
+        .to_kind(Kind::Int8);
+    let codes = levels::with_signs_of(&index, w);
+    Quantized {
+        alpha,
+        codes,
+        levels,
+    }
+}

@@ -1,0 +1,233 @@
+//! The quantizer benchmark behind `lbwnet bench quantize` and `cargo bench`: every method
+//! on a ResNet-50-shaped set of weight tensors, as medians of repeated runs, against a
+//! plain copy of the same tensors (the memory-bound floor) and one full sort of them.
+use super::{quantize, Method, QuantSpec};
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Goals for this benchmark on the project's 2-core machine.
+const LBW_MAX_VS_COPY: f64 = 4.0;
+const TERNARY_MAX_VS_SORT: f64 = 1.5;
+const EXACT_MAX_MS: f64 = 10_000.0;
+
+/// The conv and fc weight shapes of torchvision's ResNet-50 (54 tensors, 25,502,912
+/// weights; the largest is layer4's 3x3 conv, 2,359,296).
+pub fn resnet50_weight_shapes() -> Vec<Vec<i64>> {
+    let mut shapes = vec![vec![64, 3, 7, 7]];
+    let mut in_channels = 64;
+    for (width, blocks) in [(64, 3), (128, 4), (256, 6), (512, 3)] {
+        for block in 0..blocks {
+            shapes.push(vec![width, in_channels, 1, 1]);
+            shapes.push(vec![width, width, 3, 3]);
+            shapes.push(vec![4 * width, width, 1, 1]);
+            if block == 0 {
+                shapes.push(vec![4 * width, in_channels, 1, 1]);
+            }
+            in_channels = 4 * width;
+        }
+    }
+    shapes.push(vec![1000, 2048]);
+    shapes
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Timed runs per row (after one warm-up run); the median is reported.
+    pub repeats: usize,
+    /// Bit-width for lbw, exact, pow2 and uniform (ternary and twn use 2).
+    pub bits: u32,
+    pub device: Device,
+    pub seed: i64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            repeats: 5,
+            bits: 6,
+            device: Device::Cpu,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// `copy`, `sort` or a method name.
+    pub name: String,
+    /// None for the copy and sort rows.
+    pub bits: Option<u32>,
+    pub median_ms: f64,
+    pub vs_copy: f64,
+    pub vs_sort: f64,
+    /// The goal this row is held to, if any, and whether the run met it.
+    pub goal: Option<String>,
+    pub goal_met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub threads: i32,
+    pub tensors: usize,
+    pub weights: i64,
+    pub repeats: usize,
+    pub rows: Vec<BenchRow>,
+}
+
+/// Median wall time in milliseconds of `repeats` runs of `run` after one warm-up.
+fn median_ms(repeats: usize, device: Device, mut run: impl FnMut()) -> f64 {
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    run();
+    sync();
+    let mut times: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            sync();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Runs the benchmark: He-normal weights from `seed`, then copy, sort and every method.
+pub fn bench_quantizers(options: &BenchOptions) -> Result<BenchReport> {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(options.seed);
+    let weights: Vec<Tensor> = resnet50_weight_shapes()
+        .iter()
+        .map(|shape| {
+            let fan_in: i64 = shape[1..].iter().product();
+            Tensor::randn(shape.as_slice(), (Kind::Float, options.device))
+                * (2.0 / fan_in as f64).sqrt()
+        })
+        .collect();
+    let repeats = options.repeats;
+    let copy_ms = median_ms(repeats, options.device, || {
+        for w in &weights {
+            drop(w.copy());
+        }
+    });
+    let sort_ms = median_ms(repeats, options.device, || {
+        for w in &weights {
+            drop(w.flatten(0, -1).sort(0, true));
+        }
+    });
+    let mut rows = vec![
+        BenchRow {
+            name: "copy".into(),
+            bits: None,
+            median_ms: copy_ms,
+            vs_copy: 1.0,
+            vs_sort: copy_ms / sort_ms,
+            goal: None,
+            goal_met: None,
+        },
+        BenchRow {
+            name: "sort".into(),
+            bits: None,
+            median_ms: sort_ms,
+            vs_copy: sort_ms / copy_ms,
+            vs_sort: 1.0,
+            goal: None,
+            goal_met: None,
+        },
+    ];
+    let methods = [
+        (Method::Lbw, options.bits),
+        (Method::Ternary, 2),
+        (Method::Exact, options.bits),
+        (Method::Twn, 2),
+        (Method::Pow2, options.bits),
+        (Method::Uniform, options.bits),
+    ];
+    for (method, bits) in methods {
+        let spec = QuantSpec::new(method, bits, None)?;
+        let ms = median_ms(repeats, options.device, || {
+            for w in &weights {
+                drop(quantize(w, &spec));
+            }
+        });
+        let (vs_copy, vs_sort) = (ms / copy_ms, ms / sort_ms);
+        let (goal, goal_met) = match method {
+            Method::Lbw => (
+                Some(format!("<= {LBW_MAX_VS_COPY}x copy")),
+                Some(vs_copy <= LBW_MAX_VS_COPY),
+            ),
+            Method::Ternary => (
+                Some(format!("<= {TERNARY_MAX_VS_SORT}x sort")),
+                Some(vs_sort <= TERNARY_MAX_VS_SORT),
+            ),
+            Method::Exact if bits == 6 => (
+                Some(format!("< {} s", EXACT_MAX_MS / 1e3)),
+                Some(ms < EXACT_MAX_MS),
+            ),
+            _ => (None, None),
+        };
+        rows.push(BenchRow {
+            name: method.name().into(),
+            bits: Some(bits),
+            median_ms: ms,
+            vs_copy,
+            vs_sort,
+            goal,
+            goal_met,
+        });
+    }
+    Ok(BenchReport {
+        device: format!("{:?}", options.device),
+        threads: tch::get_num_threads(),
+        tensors: weights.len(),
+        weights: weights.iter().map(|w| w.numel() as i64).sum(),
+        repeats,
+        rows,
+    })
+}
+
+impl BenchReport {
+    /// A plain-text table of the rows.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "quantizers on {} ResNet-50 weight tensors ({} weights), {}, {} threads, median of {} runs\n",
+            self.tensors, self.weights, self.device, self.threads, self.repeats
+        );
+        out += &format!(
+            "{:<8} {:>4} {:>11} {:>8} {:>8}  goal\n",
+            "method", "bits", "median ms", "x copy", "x sort"
+        );
+        for row in &self.rows {
+            let bits = row.bits.map_or("-".to_string(), |b| b.to_string());
+            let goal = match (&row.goal, row.goal_met) {
+                (Some(goal), Some(met)) => {
+                    format!("{goal}: {}", if met { "met" } else { "MISSED" })
+                }
+                _ => String::new(),
+            };
+            out += &format!(
+                "{:<8} {:>4} {:>11.1} {:>8.2} {:>8.2}  {goal}\n",
+                row.name, bits, row.median_ms, row.vs_copy, row.vs_sort
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resnet50_shapes_match_torchvision() {
+        let shapes = super::resnet50_weight_shapes();
+        let sizes: Vec<i64> = shapes.iter().map(|s| s.iter().product()).collect();
+        assert_eq!(shapes.len(), 54);
+        assert_eq!(sizes.iter().sum::<i64>(), 25_502_912);
+        assert_eq!(sizes.iter().max(), Some(&2_359_296));
+    }
+}
