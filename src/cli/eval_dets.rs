@@ -1,10 +1,37 @@
-//! `lbwnet eval-dets` (scaffold: filled in by its issue).
+//! `lbwnet eval-dets`: score comp4 detection files against a VOC-layout data set's
+//! annotations (no images needed).
+use crate::config::ApMetric;
+use crate::data::voc::VocDataset;
 use anyhow::Result;
 use clap::Args;
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
-pub struct EvalDetsArgs {}
+pub struct EvalDetsArgs {
+    /// VOC-layout root (Annotations/, ImageSets/Main/, optional labels.txt).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Image set to score, `ImageSets/Main/<split>.txt`.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Folder with `comp4_det_<split>_<class>.txt` files (a missing file: no detections).
+    #[arg(long)]
+    pub dets: PathBuf,
+    #[arg(long, value_enum, default_value_t = ApMetric::Voc07)]
+    pub metric: ApMetric,
+    /// Print one JSON line `{"metric":..,"map":..,"ap":{"<class>":..}}` instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: EvalDetsArgs) -> Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: EvalDetsArgs) -> Result<()> {
+    let dataset = VocDataset::open(&args.data, &args.split, None)?;
+    let report = crate::eval::evaluate_comp4(&dataset, &args.dets, args.metric)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_markdown());
+        println!("mAP ({}): {:.4}", report.metric.name(), report.map);
+    }
+    Ok(())
 }

@@ -1,0 +1,129 @@
+//! Image and box transforms of the detector's input (SPEC §2): decode to RGB, resize the
+//! shorter side to `min_size` with the longer side capped at `max_size`, horizontal flip,
+//! and pixel normalization into a CHW float buffer.
+use crate::config::Normalization;
+use anyhow::{Context, Result};
+use image::imageops::FilterType;
+use image::RgbImage;
+use std::path::Path;
+
+/// torchvision's ImageNet RGB mean and std (pixels in [0, 1]).
+pub const TORCHVISION_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const TORCHVISION_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// py-faster-rcnn's Caffe pixel means, in BGR order (pixels in [0, 255]).
+pub const CAFFE_BGR_MEAN: [f32; 3] = [102.9801, 115.9465, 122.7717];
+
+/// Decodes an image file to 8-bit RGB.
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("opening image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("reading image {}", path.display()))?;
+    let image = reader
+        .decode()
+        .with_context(|| format!("decoding image {}", path.display()))?;
+    Ok(image.into_rgb8())
+}
+
+/// py-faster-rcnn's scale: shorter side to `min_size`, unless the longer side would then
+/// round to more than `max_size`, in which case the longer side becomes `max_size`.
+pub fn resize_scale(width: u32, height: u32, min_size: u32, max_size: u32) -> f64 {
+    let (short, long) = (width.min(height) as f64, width.max(height) as f64);
+    let scale = min_size as f64 / short;
+    if (scale * long).round() > max_size as f64 {
+        max_size as f64 / long
+    } else {
+        scale
+    }
+}
+
+/// Output size of an image scaled by `scale`: each side rounded, at least one pixel.
+pub fn scaled_size(width: u32, height: u32, scale: f64) -> (u32, u32) {
+    let side = |v: u32| ((v as f64 * scale).round() as u32).max(1);
+    (side(width), side(height))
+}
+
+/// Bilinear (triangle-filter) resize; returns the input unchanged when the size is equal.
+pub fn resize(image: RgbImage, width: u32, height: u32) -> RgbImage {
+    if image.dimensions() == (width, height) {
+        return image;
+    }
+    image::imageops::resize(&image, width, height, FilterType::Triangle)
+}
+
+/// Mirrors 0-based pixel boxes `[x1, y1, x2, y2]` of an image `width` pixels wide, as
+/// py-faster-rcnn: `x1' = width - 1 - x2`, `x2' = width - 1 - x1`.
+pub fn flip_boxes(boxes: &mut [[f32; 4]], width: u32) {
+    let last = width as f32 - 1.0;
+    for b in boxes {
+        let (x1, x2) = (b[0], b[2]);
+        b[0] = last - x2;
+        b[2] = last - x1;
+    }
+}
+
+/// Converts an annotation box (1-based inclusive) to 0-based pixel coordinates.
+pub fn voc_to_pixel_box(bbox: [f32; 4]) -> [f32; 4] {
+    bbox.map(|v| v - 1.0)
+}
+
+/// Normalized CHW float pixels: torchvision RGB `(v/255 - mean)/std`, or Caffe BGR
+/// `v - mean`.
+pub fn normalize_chw(image: &RgbImage, normalization: Normalization) -> Vec<f32> {
+    let plane = image.width() as usize * image.height() as usize;
+    let mut out = vec![0f32; 3 * plane];
+    // Per output channel: which RGB source channel, then out = v * mul + add.
+    let channel_map: [(usize, f32, f32); 3] = match normalization {
+        Normalization::Torchvision => std::array::from_fn(|c| {
+            let mul = 1.0 / (255.0 * TORCHVISION_STD[c]);
+            (c, mul, -TORCHVISION_MEAN[c] / TORCHVISION_STD[c])
+        }),
+        Normalization::Caffe => std::array::from_fn(|c| (2 - c, 1.0, -CAFFE_BGR_MEAN[c])),
+    };
+    for (i, px) in image.pixels().enumerate() {
+        for (c, &(src, mul, add)) in channel_map.iter().enumerate() {
+            out[c * plane + i] = px.0[src] as f32 * mul + add;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_follows_py_faster_rcnn() {
+        // VOC-like 500x375 at 600/1000: shorter side wins.
+        assert_eq!(resize_scale(500, 375, 600, 1000), 1.6);
+        assert_eq!(scaled_size(500, 375, 1.6), (800, 600));
+        // A wide image hits the cap.
+        let s = resize_scale(1000, 300, 600, 1000);
+        assert_eq!(s, 1.0);
+        assert_eq!(resize_scale(320, 240, 240, 400), 1.0);
+        assert_eq!(scaled_size(3, 2, 0.1), (1, 1));
+    }
+
+    #[test]
+    fn flip_mirrors_pixel_boxes() {
+        let mut b = [[0.0, 2.0, 3.0, 4.0], [5.0, 0.0, 9.0, 1.0]];
+        flip_boxes(&mut b, 10);
+        assert_eq!(b, [[6.0, 2.0, 9.0, 4.0], [0.0, 0.0, 4.0, 1.0]]);
+    }
+
+    #[test]
+    fn normalization_matches_both_conventions() {
+        let img = RgbImage::from_fn(2, 1, |x, _| {
+            image::Rgb(if x == 0 { [255, 0, 10] } else { [0, 128, 255] })
+        });
+        let tv = normalize_chw(&img, Normalization::Torchvision);
+        let expect_r0 = (1.0 - 0.485) / 0.229;
+        assert!((tv[0] - expect_r0).abs() < 1e-5);
+        assert!((tv[2 + 1] - (128.0 / 255.0 - 0.456) / 0.224).abs() < 1e-5);
+        let caffe = normalize_chw(&img, Normalization::Caffe);
+        // Channel 0 is blue.
+        assert_eq!(caffe[0], 10.0 - 102.9801);
+        assert_eq!(caffe[1], 255.0 - 102.9801);
+        assert_eq!(caffe[4], 255.0 - 122.7717);
+    }
+}

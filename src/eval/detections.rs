@@ -1,0 +1,101 @@
+//! VOC detection result files (SPEC §3): `comp4_det_<split>_<class>.txt`, one line per
+//! detection, `<image_id> <score> <xmin> <ymin> <xmax> <ymax>` in 1-based pixels.
+use crate::fsutil::write_atomic;
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One detection of one class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub image_id: String,
+    pub score: f32,
+    /// xmin, ymin, xmax, ymax in the annotation's 1-based pixel coordinates.
+    pub bbox: [f32; 4],
+}
+
+/// `dir/comp4_det_<split>_<class>.txt`.
+pub fn comp4_path(dir: &Path, split: &str, class: &str) -> PathBuf {
+    dir.join(format!("comp4_det_{split}_{class}.txt"))
+}
+
+fn check_lengths(classes: &[String], per_class: usize) -> Result<()> {
+    if classes.len() != per_class {
+        bail!("{} classes but detections for {}", classes.len(), per_class);
+    }
+    Ok(())
+}
+
+/// Writes one file per class (empty when it has no detections), each atomically, with
+/// py-faster-rcnn's precision: score to 3 decimals, coordinates to 1.
+pub fn write_comp4(
+    dir: &Path,
+    split: &str,
+    classes: &[String],
+    per_class: &[Vec<Detection>],
+) -> Result<()> {
+    check_lengths(classes, per_class.len())?;
+    for (class, detections) in classes.iter().zip(per_class) {
+        let mut text = String::new();
+        for d in detections {
+            let [x1, y1, x2, y2] = d.bbox;
+            let _ = writeln!(
+                text,
+                "{} {:.3} {:.1} {:.1} {:.1} {:.1}",
+                d.image_id, d.score, x1, y1, x2, y2
+            );
+        }
+        write_atomic(&comp4_path(dir, split, class), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Reads every class's file; a missing file means no detections for that class. Errors
+/// name the file and line.
+pub fn read_comp4(dir: &Path, split: &str, classes: &[String]) -> Result<Vec<Vec<Detection>>> {
+    classes
+        .iter()
+        .map(|class| {
+            let path = comp4_path(dir, split, class);
+            if !path.exists() {
+                return Ok(Vec::new());
+            }
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading detections {}", path.display()))?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(n, line)| {
+                    parse_line(line)
+                        .with_context(|| format!("detections {} line {}", path.display(), n + 1))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn parse_line(line: &str) -> Result<Detection> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let Some((image_id, numbers)) = fields.split_first() else {
+        bail!("the line is empty")
+    };
+    if numbers.len() != 5 {
+        bail!(
+            "expected `<image_id> <score> <xmin> <ymin> <xmax> <ymax>`, got {} fields",
+            fields.len()
+        );
+    }
+    let mut values = [0f32; 5];
+    for (value, text) in values.iter_mut().zip(numbers) {
+        *value = match text.parse::<f32>() {
+            Ok(v) if v.is_finite() => v,
+            _ => bail!("`{text}` is not a finite number"),
+        };
+    }
+    let [score, x1, y1, x2, y2] = values;
+    Ok(Detection {
+        image_id: image_id.to_string(),
+        score,
+        bbox: [x1, y1, x2, y2],
+    })
+}
