@@ -1,1 +1,9 @@
-//! See lib.rs.
+//! Faster R-CNN parts, each matching its torchvision counterpart (SPEC §2).
+pub mod anchors;
+pub mod box_coder;
+pub mod box_ops;
+pub mod matcher;
+pub mod nms;
+pub mod roi_align;
+pub mod roi_pool;
+pub mod sampler;
