@@ -1,5 +1,13 @@
-//! Faster R-CNN parts, one concept per file, in the spirit of torchvision's detection
-//! package.
+//! Faster R-CNN parts, one concept per file, each matching its torchvision counterpart
+//! (SPEC §2).
+pub mod anchors;
+pub mod box_coder;
+pub mod box_ops;
 pub mod faster_rcnn;
+pub mod matcher;
+pub mod nms;
+pub mod roi_align;
 pub mod roi_head;
+pub mod roi_pool;
 pub mod rpn;
+pub mod sampler;
