@@ -19,7 +19,13 @@ fn load_by_name_copies_matches_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.safetensors");
     let conv = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]);
-    write(&file, &[("conv.weight", conv.copy()), ("fc.weight", Tensor::ones([4], (Kind::Float, Device::Cpu)))]);
+    write(
+        &file,
+        &[
+            ("conv.weight", conv.copy()),
+            ("fc.weight", Tensor::ones([4], (Kind::Float, Device::Cpu))),
+        ],
+    );
 
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
@@ -28,10 +34,17 @@ fn load_by_name_copies_matches_and_reports_the_rest() {
     let _outside = (&root / "rpn").zeros("weight", &[2, 3]);
     let report = load_by_name(&vs, &file, "backbone.").unwrap();
     assert_eq!(report.loaded, ["conv.weight"]);
-    assert_eq!(report.missing, ["conv.bias"], "variables outside the prefix are not missing");
+    assert_eq!(
+        report.missing,
+        ["conv.bias"],
+        "variables outside the prefix are not missing"
+    );
     assert_eq!(report.unused, ["fc.weight"]);
     assert!(weight.equal(&conv));
-    assert!(weight.requires_grad(), "loading keeps the variable trainable");
+    assert!(
+        weight.requires_grad(),
+        "loading keeps the variable trainable"
+    );
 }
 
 #[test]
@@ -39,7 +52,10 @@ fn shape_mismatch_names_tensor_file_and_shapes_and_copies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.safetensors");
     let ones = |shape: &[i64]| Tensor::ones(shape, (Kind::Float, Device::Cpu));
-    write(&file, &[("a.weight", ones(&[2])), ("b.weight", ones(&[5, 3]))]);
+    write(
+        &file,
+        &[("a.weight", ones(&[2])), ("b.weight", ones(&[5, 3]))],
+    );
 
     let vs = nn::VarStore::new(Device::Cpu);
     let a = (vs.root() / "m" / "a").zeros("weight", &[2]);
@@ -48,7 +64,11 @@ fn shape_mismatch_names_tensor_file_and_shapes_and_copies_nothing() {
     for needle in ["b.weight", "bad.safetensors", "[5, 3]", "[3, 5]"] {
         assert!(err.contains(needle), "`{needle}` not in: {err}");
     }
-    assert_eq!(a.sum(Kind::Float).double_value(&[]), 0.0, "a failed load copies nothing");
+    assert_eq!(
+        a.sum(Kind::Float).double_value(&[]),
+        0.0,
+        "a failed load copies nothing"
+    );
 }
 
 #[test]
@@ -68,7 +88,10 @@ fn unreadable_file_is_named() {
 fn torch_python() -> Option<PathBuf> {
     let env = std::env::var_os("LBWNET_TORCH_ENV")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/lbwnet/torch-2.11.0")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/lbwnet/torch-2.11.0"))
+        })?;
     let python = env.join("bin/python");
     python.is_file().then_some(python)
 }
@@ -82,15 +105,30 @@ fn export_random(arch: &str, dir: &Path) -> Option<(PathBuf, HashMap<String, Ten
     };
     let weights = dir.join(format!("{arch}.safetensors"));
     let reference = dir.join(format!("{arch}-reference.safetensors"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/export_torchvision_weights.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/export_torchvision_weights.py");
     let output = Command::new(python)
         .arg(script)
-        .args([arch, weights.to_str().unwrap(), "--random", "--seed", "7", "--reference"])
+        .args([
+            arch,
+            weights.to_str().unwrap(),
+            "--random",
+            "--seed",
+            "7",
+            "--reference",
+        ])
         .arg(&reference)
         .output()
         .unwrap();
-    assert!(output.status.success(), "export failed: {}", String::from_utf8_lossy(&output.stderr));
-    let reference = Tensor::read_safetensors(&reference).unwrap().into_iter().collect();
+    assert!(
+        output.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference = Tensor::read_safetensors(&reference)
+        .unwrap()
+        .into_iter()
+        .collect();
     Some((weights, reference))
 }
 
@@ -99,17 +137,31 @@ fn assert_close(name: &str, ours: &Tensor, reference: &Tensor) {
     let scale = reference.abs().max().double_value(&[]);
     let error = (ours - reference).abs().max().double_value(&[]);
     assert!(scale > 0.0, "{name}: the reference is all zeros");
-    assert!(error <= 1e-4 * scale, "{name}: max error {error} against max |ref| {scale}");
+    assert!(
+        error <= 1e-4 * scale,
+        "{name}: max error {error} against max |ref| {scale}"
+    );
 }
 
 /// Loads torchvision's random `arch` into our backbone and compares trunk and head.
 fn check_against_torchvision(arch: &str, backbone: Backbone, unused: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let Some((weights, reference)) = export_random(arch, dir.path()) else { return };
+    let Some((weights, reference)) = export_random(arch, dir.path()) else {
+        return;
+    };
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig { backbone, ..Default::default() };
+    let cfg = ModelConfig {
+        backbone,
+        ..Default::default()
+    };
     let registry = QuantRegistry::default();
-    let parts = build_backbone(&(vs.root() / "backbone"), &cfg, &LayerQuant::default(), &registry).unwrap();
+    let parts = build_backbone(
+        &(vs.root() / "backbone"),
+        &cfg,
+        &LayerQuant::default(),
+        &registry,
+    )
+    .unwrap();
     let report = load_by_name(&vs, &weights, "backbone.").unwrap();
     assert!(report.missing.is_empty(), "missing: {:?}", report.missing);
     assert_eq!(report.unused, unused);
@@ -130,5 +182,9 @@ fn resnet50_c4_matches_torchvision_on_its_exported_weights() {
 
 #[test]
 fn vgg16_matches_torchvision_on_its_exported_weights() {
-    check_against_torchvision("vgg16", Backbone::Vgg16, &["classifier.6.bias", "classifier.6.weight"]);
+    check_against_torchvision(
+        "vgg16",
+        Backbone::Vgg16,
+        &["classifier.6.bias", "classifier.6.weight"],
+    );
 }

@@ -72,7 +72,9 @@ pub fn build_backbone(
     match cfg.backbone {
         Backbone::Vgg16 => Ok(vgg::vgg16(root, quant, registry)),
         Backbone::Resnet50 => Ok(resnet::resnet50_c4(root, quant, registry)),
-        Backbone::Small => small::small(root, cfg.small_width, cfg.roi.head_hidden, quant, registry),
+        Backbone::Small => {
+            small::small(root, cfg.small_width, cfg.roi.head_hidden, quant, registry)
+        }
     }
 }
 

@@ -15,8 +15,12 @@ use tch::Tensor;
 const EXPANSION: i64 = 4;
 const STEM_CHANNELS: i64 = 64;
 /// (name, planes, blocks, stride of the first block) of the four stages.
-const STAGES: [(&str, i64, usize, i64); 4] =
-    [("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2), ("layer4", 512, 3, 2)];
+const STAGES: [(&str, i64, usize, i64); 4] = [
+    ("layer1", 64, 3, 1),
+    ("layer2", 128, 4, 2),
+    ("layer3", 256, 6, 2),
+    ("layer4", 512, 3, 2),
+];
 
 pub const TRUNK_CHANNELS: i64 = 1024;
 pub const HEAD_DIM: i64 = 2048;
@@ -62,16 +66,48 @@ fn bottleneck(
     let downsample = (stride != 1 || c_in != c_out).then(|| {
         let p = path / "downsample";
         (
-            qconv2d(&(&p / 0), registry, spec, c_in, c_out, 1, conv_config(stride, 0)),
+            qconv2d(
+                &(&p / 0),
+                registry,
+                spec,
+                c_in,
+                c_out,
+                1,
+                conv_config(stride, 0),
+            ),
             frozen_batch_norm2d(&(&p / 1), c_out),
         )
     });
     Bottleneck {
-        conv1: qconv2d(&(path / "conv1"), registry, spec, c_in, planes, 1, conv_config(1, 0)),
+        conv1: qconv2d(
+            &(path / "conv1"),
+            registry,
+            spec,
+            c_in,
+            planes,
+            1,
+            conv_config(1, 0),
+        ),
         bn1: frozen_batch_norm2d(&(path / "bn1"), planes),
-        conv2: qconv2d(&(path / "conv2"), registry, spec, planes, planes, 3, conv_config(stride, 1)),
+        conv2: qconv2d(
+            &(path / "conv2"),
+            registry,
+            spec,
+            planes,
+            planes,
+            3,
+            conv_config(stride, 1),
+        ),
         bn2: frozen_batch_norm2d(&(path / "bn2"), planes),
-        conv3: qconv2d(&(path / "conv3"), registry, spec, planes, c_out, 1, conv_config(1, 0)),
+        conv3: qconv2d(
+            &(path / "conv3"),
+            registry,
+            spec,
+            planes,
+            c_out,
+            1,
+            conv_config(1, 0),
+        ),
         bn3: frozen_batch_norm2d(&(path / "bn3"), c_out),
         downsample,
     }
@@ -103,15 +139,29 @@ fn stage(
     let mut c = c_in;
     for i in 0..blocks {
         let block_stride = if i == 0 { stride } else { 1 };
-        seq = seq.add(bottleneck(&(&path / i), registry, spec, c, planes, block_stride));
+        seq = seq.add(bottleneck(
+            &(&path / i),
+            registry,
+            spec,
+            c,
+            planes,
+            block_stride,
+        ));
         c = planes * EXPANSION;
     }
     (seq, c)
 }
 
 pub fn resnet50_c4(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> BackboneParts {
-    let conv1 =
-        qconv2d(&(root / "conv1"), registry, quant.first_conv(), 3, STEM_CHANNELS, 7, conv_config(2, 3));
+    let conv1 = qconv2d(
+        &(root / "conv1"),
+        registry,
+        quant.first_conv(),
+        3,
+        STEM_CHANNELS,
+        7,
+        conv_config(2, 3),
+    );
     let bn1 = frozen_batch_norm2d(&(root / "bn1"), STEM_CHANNELS);
     let mut trunk = nn::seq()
         .add(conv1)
@@ -127,7 +177,9 @@ pub fn resnet50_c4(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry
 
     let (layer4, head_dim) = stage(root, registry, quant.layer(), channels, STAGES[3]);
     debug_assert_eq!(head_dim, HEAD_DIM);
-    let head = nn::seq().add(layer4).add_fn(|xs| xs.mean_dim(&[2i64, 3][..], false, None));
+    let head = nn::seq()
+        .add(layer4)
+        .add_fn(|xs| xs.mean_dim(&[2i64, 3][..], false, None));
 
     BackboneParts {
         trunk: Box::new(trunk),
@@ -135,6 +187,9 @@ pub fn resnet50_c4(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry
         head: Box::new(head),
         head_dim: HEAD_DIM,
         pool_size: POOL_SIZE,
-        frozen_prefixes: FROZEN.iter().map(|name| name_prefix(&(root / *name))).collect(),
+        frozen_prefixes: FROZEN
+            .iter()
+            .map(|name| name_prefix(&(root / *name)))
+            .collect(),
     }
 }

@@ -15,7 +15,7 @@ use tch::nn::{self, Init, Module};
 use tch::Tensor;
 
 /// Conv blocks per stage; the first of each has stride 2.
-pub const BLOCKS_PER_STAGE: [usize; 4] = [1, 1, 2, 2];
+pub const BLOCKS_PER_STAGE: [usize; 4] = [1, 1, 1, 2];
 /// Channel multipliers of the stages, times `small_width`.
 const STAGE_WIDTHS: [i64; 4] = [1, 2, 4, 8];
 /// GroupNorm groups (fewer when the channels are not a multiple of it).
@@ -76,9 +76,21 @@ pub fn small(
         let c_out = width * multiplier;
         for block in 0..blocks {
             let path = &features / index;
-            let spec = if index == 0 { quant.first_conv() } else { quant.layer() };
+            let spec = if index == 0 {
+                quant.first_conv()
+            } else {
+                quant.layer()
+            };
             let stride = if block == 0 { 2 } else { 1 };
-            let conv = qconv2d(&(&path / "conv"), registry, spec, c_in, c_out, 3, conv_config(stride));
+            let conv = qconv2d(
+                &(&path / "conv"),
+                registry,
+                spec,
+                c_in,
+                c_out,
+                3,
+                conv_config(stride),
+            );
             let groups = gcd(NORM_GROUPS, c_out);
             let norm = nn::group_norm(&path / "norm", groups, c_out, Default::default());
             trunk = trunk.add(ConvNormRelu { conv, norm });
@@ -89,9 +101,22 @@ pub fn small(
 
     let classifier = root / "classifier";
     let flat = c_in * POOL_SIZE * POOL_SIZE;
-    let fc1 = qlinear(&(&classifier / 0), registry, quant.layer(), flat, head_hidden, Default::default());
-    let fc2 =
-        qlinear(&(&classifier / 2), registry, quant.layer(), head_hidden, head_hidden, Default::default());
+    let fc1 = qlinear(
+        &(&classifier / 0),
+        registry,
+        quant.layer(),
+        flat,
+        head_hidden,
+        Default::default(),
+    );
+    let fc2 = qlinear(
+        &(&classifier / 2),
+        registry,
+        quant.layer(),
+        head_hidden,
+        head_hidden,
+        Default::default(),
+    );
     let head = nn::seq()
         .add_fn(|xs| xs.flatten(1, -1))
         .add(fc1)

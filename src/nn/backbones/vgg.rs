@@ -52,7 +52,10 @@ fn conv_config() -> nn::ConvConfig {
 
 fn linear_config() -> nn::LinearConfig {
     nn::LinearConfig {
-        ws_init: Init::Randn { mean: 0.0, stdev: 0.01 },
+        ws_init: Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        },
         bs_init: Some(Init::Const(0.0)),
         bias: true,
     }
@@ -66,8 +69,20 @@ pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> B
     for layer in FEATURES {
         match layer {
             Some(c_out) => {
-                let spec = if index == 0 { quant.first_conv() } else { quant.layer() };
-                let conv = qconv2d(&(&features / index), registry, spec, c_in, c_out, 3, conv_config());
+                let spec = if index == 0 {
+                    quant.first_conv()
+                } else {
+                    quant.layer()
+                };
+                let conv = qconv2d(
+                    &(&features / index),
+                    registry,
+                    spec,
+                    c_in,
+                    c_out,
+                    3,
+                    conv_config(),
+                );
                 trunk = trunk.add(conv).add_fn(|xs| xs.relu());
                 index += 2;
                 c_in = c_out;
@@ -81,8 +96,22 @@ pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> B
 
     let classifier = root / "classifier";
     let flat = TRUNK_CHANNELS * POOL_SIZE * POOL_SIZE;
-    let fc6 = qlinear(&(&classifier / 0), registry, quant.layer(), flat, HEAD_DIM, linear_config());
-    let fc7 = qlinear(&(&classifier / 3), registry, quant.layer(), HEAD_DIM, HEAD_DIM, linear_config());
+    let fc6 = qlinear(
+        &(&classifier / 0),
+        registry,
+        quant.layer(),
+        flat,
+        HEAD_DIM,
+        linear_config(),
+    );
+    let fc7 = qlinear(
+        &(&classifier / 3),
+        registry,
+        quant.layer(),
+        HEAD_DIM,
+        HEAD_DIM,
+        linear_config(),
+    );
     let head = nn::seq_t()
         .add_fn(|xs| xs.flatten(1, -1))
         .add(fc6)
@@ -98,6 +127,9 @@ pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> B
         head: Box::new(head),
         head_dim: HEAD_DIM,
         pool_size: POOL_SIZE,
-        frozen_prefixes: FROZEN_FEATURES.iter().map(|i| name_prefix(&(&features / *i))).collect(),
+        frozen_prefixes: FROZEN_FEATURES
+            .iter()
+            .map(|i| name_prefix(&(&features / *i)))
+            .collect(),
     }
 }
