@@ -1,4 +1,6 @@
 //! Neural-network building blocks: quantize-on-forward layers and the backbones.
+pub mod backbones;
 pub mod qlayers;
+pub mod weights;
 
 pub use qlayers::{qconv2d, qlinear, LayerStats, QConv2d, QLinear, QuantRegistry};
