@@ -77,7 +77,7 @@ pub fn measure_cell(cfg: &ExperimentConfig, float_map: Option<f64>) -> Result<Sw
             let Some(layer_spec) = layer.spec else { continue };
             let numel = layer.weight.numel() as i64;
             quantized_params += numel;
-            storage += storage_bytes(numel as usize, layer_spec.bits) as u64;
+            storage += storage_bytes(numel as u64, layer_spec.bits);
             let error = |s: &QuantSpec| -> f64 {
                 tch::no_grad(|| (quantize(&layer.weight, s) - &layer.weight).square().mean(Kind::Double).double_value(&[]))
             };

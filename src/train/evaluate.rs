@@ -27,7 +27,7 @@ pub fn evaluate_model(
     let count = dataset.ids.len();
     let progress = crate::train::trainer::progress_bar(count as u64, "eval");
     let mut drawn = 0;
-    for sample in Loader::new(dataset.clone(), loader_cfg, 0, Some(count)) {
+    for sample in Loader::new(dataset.clone(), loader_cfg, 0, Some(count))? {
         let sample = sample?;
         let batch = ImageBatch::new(&[sample.image.to_device(device)], vec![sample.scale]);
         let dets = model.detect(&batch, eval).into_iter().next().context("detector returned no image")?;

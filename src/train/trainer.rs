@@ -160,7 +160,7 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
 
     let t = &cfg.train;
     let loader_cfg = LoaderConfig::from_data_config(&cfg.data, true, t.seed);
-    let mut loader = Loader::new(train_set.clone(), loader_cfg, start * t.batch_size, None);
+    let mut loader = Loader::new(train_set.clone(), loader_cfg, start * t.batch_size, None)?;
     let save = |iteration: usize, seconds: f64, sgd: &Sgd| -> Result<()> {
         let state = CheckpointState {
             iteration,
