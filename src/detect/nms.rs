@@ -57,6 +57,7 @@ fn run(
     Tensor::from_slice(&keep).to_device(device)
 }
 
+/// The tensor's values as a flat host vector of `kind`.
 fn host_vec<T>(t: &Tensor, kind: Kind) -> Vec<T>
 where
     for<'a> Vec<T>: TryFrom<&'a Tensor, Error = tch::TchError>,

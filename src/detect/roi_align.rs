@@ -68,11 +68,11 @@ pub(crate) fn pool_bins(
 
 /// Bilinear taps along one axis for every (RoI, bin, sample): pixel coordinate
 /// `[K, bins, 2 * grid_max]` (i64, low and high neighbour per sample) and weight (input
-/// dtype), with
-/// torchvision's `bilinear_interpolate` rules. Samples with `i >= grid[k]` (adaptive grids
-/// smaller than `grid_max`) and samples outside `[-1, size]` get weight 0; coordinates in
-/// `[-1, 0]` read pixel 0 and those in `[size - 1, size]` read pixel `size - 1`. Weights are
-/// divided by the RoI's sample count along the axis, so the bin sum is the average.
+/// dtype), with torchvision's `bilinear_interpolate` rules. Samples with `i >= grid[k]`
+/// (adaptive grids smaller than `grid_max`) and samples outside `[-1, size]` get weight 0;
+/// coordinates in `[-1, 0]` read pixel 0 and those in `[size - 1, size]` read pixel
+/// `size - 1`. Weights are divided by the RoI's sample count along the axis, so the bin sum
+/// is the average.
 fn axis_taps(
     start: &Tensor,
     bin: &Tensor,
