@@ -136,6 +136,25 @@ fn empty_roi_sets_give_empty_outputs() {
 }
 
 #[test]
+fn rois_off_the_map_pool_to_zero() {
+    let input = Tensor::ones([1, 3, 4, 5], (Kind::Float, device())).set_requires_grad(true);
+    let far = [
+        0.0f32, 100.0, 100.0, 140.0, 120.0, 0.0, -90.0, -80.0, -50.0, -60.0,
+    ];
+    let rois = Tensor::from_slice(&far).view([2, 5]).to_device(device());
+    for out in [
+        roi_align(&input, &rois, (2, 2), 0.25, 2, false),
+        roi_align(&input, &rois, (2, 2), 0.25, 0, true),
+        roi_pool(&input, &rois, (2, 2), 0.25),
+    ] {
+        assert_eq!(out.size(), [2, 3, 2, 2]);
+        assert_eq!(out.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        out.sum(Kind::Float).backward();
+        assert_eq!(input.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+}
+
+#[test]
 fn nms_matches_torchvision_including_ties_and_threshold_equality() {
     let f = load("nms.json");
     let boxes = tensor(&f["boxes"]);

@@ -29,13 +29,14 @@ pub(crate) fn prepare_rois(rois: &Tensor, input: &Tensor, op: &str) -> Tensor {
         .to_kind(input.kind())
 }
 
-/// Reduces bags of `bag_len` consecutive entries of `pixel_index` (flat `n*H*W + y*W + x`
-/// into `input`) to one value per channel, one bag per `(roi, ph, pw)` bin:
-/// `[K, C, oh, ow]` (contiguous). `weights` (same length) apply to sum mode only.
+/// Reduces bags of consecutive entries of `pixel_index` (flat `n*H*W + y*W + x` into
+/// `input`; bag `b` starts at `offsets[b]`) to one value per channel, one bag per
+/// `(roi, ph, pw)` bin: `[K, C, oh, ow]` (contiguous). `weights` apply to sum mode only;
+/// an empty bag gives 0.
 pub(crate) fn pool_bins(
     input: &Tensor,
     pixel_index: &Tensor,
-    bag_len: i64,
+    offsets: &Tensor,
     max_mode: bool,
     weights: Option<&Tensor>,
     out_shape: [i64; 3],
@@ -46,20 +47,17 @@ pub(crate) fn pool_bins(
         .permute([0, 2, 3, 1])
         .contiguous()
         .view([n * h * w, c]);
-    let bags = k * oh * ow;
-    let offsets =
-        Tensor::arange_start_step(0, bags * bag_len, bag_len, (Kind::Int64, input.device()));
     const SUM: i64 = 0;
     const MAX: i64 = 2;
     let mode = if max_mode { MAX } else { SUM };
     let (pooled, _, _, _) = Tensor::embedding_bag(
         &table,
         &pixel_index.reshape([-1]),
-        &offsets,
+        offsets,
         false,
         mode,
         false,
-        weights,
+        weights.map(|w| w.reshape([-1])).as_ref(),
         false,
     );
     pooled
@@ -70,11 +68,11 @@ pub(crate) fn pool_bins(
 
 /// Bilinear taps along one axis for every (RoI, bin, sample): pixel coordinate
 /// `[K, bins, 2 * grid_max]` (i64, low and high neighbour per sample) and weight (input
-/// dtype), with
-/// torchvision's `bilinear_interpolate` rules. Samples with `i >= grid[k]` (adaptive grids
-/// smaller than `grid_max`) and samples outside `[-1, size]` get weight 0; coordinates in
-/// `[-1, 0]` read pixel 0 and those in `[size - 1, size]` read pixel `size - 1`. Weights are
-/// divided by the RoI's sample count along the axis, so the bin sum is the average.
+/// dtype), with torchvision's `bilinear_interpolate` rules. Samples with `i >= grid[k]`
+/// (adaptive grids smaller than `grid_max`) and samples outside `[-1, size]` get weight 0;
+/// coordinates in `[-1, 0]` read pixel 0 and those in `[size - 1, size]` read pixel
+/// `size - 1`. Weights are divided by the RoI's sample count along the axis, so the bin sum
+/// is the average.
 fn axis_taps(
     start: &Tensor,
     bin: &Tensor,
@@ -162,12 +160,34 @@ pub fn roi_align(
     let row = iy.view([k, oh, 1, taps_y, 1]);
     let col = ix.view([k, 1, ow, 1, taps_x]);
     let pixel_index = image * (h * w) + row * w + col;
-    let weights = (wy.view([k, oh, 1, taps_y, 1]) * wx.view([k, 1, ow, 1, taps_x])).reshape([-1]);
+    let weights = wy.view([k, oh, 1, taps_y, 1]) * wx.view([k, 1, ow, 1, taps_x]);
     let bag_len = taps_y * taps_x;
+    let bins = k * oh * ow;
+    if sampling_ratio > 0 {
+        let offsets =
+            Tensor::arange_start_step(0, bins * bag_len, bag_len, (Kind::Int64, input.device()));
+        return pool_bins(
+            input,
+            &pixel_index,
+            &offsets,
+            false,
+            Some(&weights),
+            [k, oh, ow],
+        );
+    }
+    // Adaptive grids are padded to the largest RoI's; dropping the zero-weight taps (padding,
+    // samples off the map) leaves torchvision's per-RoI work and changes no sum or gradient.
+    let nonzero = weights.ne(0.0);
+    let counts = nonzero
+        .view([bins, bag_len])
+        .sum_dim_intlist(1, false, Kind::Int64);
+    let offsets = counts.cumsum(0, Kind::Int64) - &counts;
+    let pixel_index = pixel_index.masked_select(&nonzero);
+    let weights = weights.masked_select(&nonzero);
     pool_bins(
         input,
         &pixel_index,
-        bag_len,
+        &offsets,
         false,
         Some(&weights),
         [k, oh, ow],

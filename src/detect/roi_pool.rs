@@ -33,18 +33,11 @@ fn bin_ranges(
     )
 }
 
-/// Pixel indices `[K, bins, span_max]` covering each bin's range, the range's last pixel
-/// repeated as padding (a repeat never changes a max nor its first position).
-fn bin_pixels(start: &Tensor, end: &Tensor, span_max: i64, size: i64) -> Tensor {
-    let step = Tensor::arange(span_max, (Kind::Int64, start.device())).view([1, 1, span_max]);
-    let last = (end - 1).unsqueeze(2);
-    (start.unsqueeze(2) + step)
-        .minimum(&last)
-        .clamp(0, size - 1)
-}
-
 /// `torchvision.ops.roi_pool`: `input [N, C, H, W]`, `rois [K, 5]` as
 /// `(batch_index, x1, y1, x2, y2)` in image coordinates -> `[K, C, oh, ow]`.
+///
+/// Each bin is one bag of exactly its pixels (row-major, so ties resolve to the first
+/// maximum as in torchvision) of a max-mode `embedding_bag`.
 pub fn roi_pool(
     input: &Tensor,
     rois: &Tensor,
@@ -60,34 +53,28 @@ pub fn roi_pool(
     }
     let corner =
         |col: i64| round_half_away(&(rois.select(1, col) * spatial_scale)).to_kind(Kind::Int64);
-    let (h_start, h_end) = bin_ranges(&corner(2), &corner(4), oh, h, input.kind());
-    let (w_start, w_end) = bin_ranges(&corner(1), &corner(3), ow, w, input.kind());
-    let h_span = &h_end - &h_start;
-    let w_span = &w_end - &w_start;
-    let empty = h_span
-        .le(0)
-        .view([k, oh, 1])
-        .logical_or(&w_span.le(0).view([k, 1, ow]));
-    // One host sync for the padded bin size.
-    let h_span_max = h_span.max().int64_value(&[]).max(1);
-    let w_span_max = w_span.max().int64_value(&[]).max(1);
-    let rows = bin_pixels(&h_start, &h_end, h_span_max, h);
-    let cols = bin_pixels(&w_start, &w_end, w_span_max, w);
-    let image = rois.select(1, 0).to_kind(Kind::Int64).view([k, 1, 1, 1, 1]);
-    let pixel_index = image * (h * w)
-        + rows.view([k, oh, 1, h_span_max, 1]) * w
-        + cols.view([k, 1, ow, 1, w_span_max]);
-    let pooled = pool_bins(
-        input,
-        &pixel_index,
-        h_span_max * w_span_max,
-        true,
-        None,
-        [k, oh, ow],
-    );
-    let filled = empty
-        .logical_not()
-        .to_kind(input.kind())
-        .view([k, 1, oh, ow]);
+    let (row_start, row_end) = bin_ranges(&corner(2), &corner(4), oh, h, input.kind());
+    let (col_start, col_end) = bin_ranges(&corner(1), &corner(3), ow, w, input.kind());
+    let rows = (row_end - &row_start).clamp_min(0).view([k, oh, 1]);
+    let cols = (col_end - &col_start).clamp_min(0).view([k, 1, ow]);
+    let pixels = (&rows * &cols).view([-1]);
+    // Entry e of the ragged bag list belongs to bin `bag[e]` at position `e - offsets[bag]`.
+    let bag = Tensor::repeat_interleave(&pixels, None);
+    let offsets = pixels.cumsum(0, Kind::Int64) - &pixels;
+    let pos = Tensor::arange(bag.size()[0], (Kind::Int64, input.device()))
+        - offsets.index_select(0, &bag);
+    let per_entry = |t: &Tensor| {
+        t.expand([k, oh, ow], false)
+            .reshape([-1])
+            .index_select(0, &bag)
+    };
+    let width = per_entry(&cols);
+    let row = per_entry(&row_start.view([k, oh, 1])) + pos.floor_divide(&width);
+    let col = per_entry(&col_start.view([k, 1, ow])) + pos.remainder_tensor(&width);
+    let image = per_entry(&rois.select(1, 0).to_kind(Kind::Int64).view([k, 1, 1]));
+    let pixel_index = image * (h * w) + row * w + col;
+    let pooled = pool_bins(input, &pixel_index, &offsets, true, None, [k, oh, ow]);
+    // Empty bins pool nothing (0); the mask also keeps any backend from routing them a gradient.
+    let filled = pixels.gt(0).to_kind(input.kind()).view([k, 1, oh, ow]);
     pooled * filled
 }
