@@ -139,6 +139,8 @@ def main():
         source = f"torchvision {args.arch}, random weights, seed {args.seed}"
     else:
         enum = torchvision.models.get_model_weights(args.arch)
+        if args.weights not in enum.__members__:
+            raise SystemExit(f"--weights {args.weights}: {args.arch} has {', '.join(enum.__members__)}")
         model = builder(weights=enum[args.weights])
         source = f"torchvision {args.arch} {args.weights}"
     model.eval()

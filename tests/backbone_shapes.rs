@@ -28,6 +28,28 @@ fn build(
     (parts, registry)
 }
 
+/// Every layer quantized except the first conv.
+fn quantized_but_first_conv() -> LayerQuant {
+    let spec = QuantSpec {
+        method: Method::Lbw,
+        bits: 6,
+        c: 7.2,
+    };
+    LayerQuant {
+        spec: Some(spec),
+        float_first_conv: true,
+    }
+}
+
+/// The registered layers that stay float.
+fn float_layers(registry: &QuantRegistry) -> Vec<String> {
+    registered(registry)
+        .into_iter()
+        .filter(|(_, spec)| spec.is_none())
+        .map(|(name, _)| name)
+        .collect()
+}
+
 fn image(h: i64, w: i64) -> Tensor {
     Tensor::randn([1, 3, h, w], (Kind::Float, Device::Cpu))
 }
@@ -57,10 +79,14 @@ fn sgd_step(vs: &nn::VarStore, loss: Tensor) {
 }
 
 #[test]
-fn vgg16_is_stride_16_with_torchvision_names() {
+fn vgg16_is_stride_16_with_torchvision_names_and_frozen_conv1_conv2() {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let (parts, registry) = build(&vs, &model_config(Backbone::Vgg16), &LayerQuant::default());
+    let (parts, registry) = build(
+        &vs,
+        &model_config(Backbone::Vgg16),
+        &quantized_but_first_conv(),
+    );
     assert_eq!(
         (parts.trunk_channels, parts.head_dim, parts.pool_size),
         (512, 4096, 7)
@@ -89,6 +115,7 @@ fn vgg16_is_stride_16_with_torchvision_names() {
     expected.sort();
     assert_eq!(names, expected);
     assert_eq!(registered(&registry).len(), 15);
+    assert_eq!(float_layers(&registry), ["backbone.features.0.weight"]);
     assert_eq!(
         parts.frozen_prefixes,
         [
@@ -98,13 +125,7 @@ fn vgg16_is_stride_16_with_torchvision_names() {
             "backbone.features.7."
         ]
     );
-}
 
-#[test]
-fn vgg16_frozen_prefixes_keep_conv1_conv2_fixed_under_sgd() {
-    tch::manual_seed(1);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let (parts, _) = build(&vs, &model_config(Backbone::Vgg16), &LayerQuant::default());
     let frozen = freeze_by_prefix(&vs, &parts.frozen_prefixes);
     let expected: Vec<String> = [0, 2, 5, 7]
         .iter()
@@ -145,7 +166,7 @@ fn resnet50_c4_is_stride_16_and_layer4_halves_the_pooled_rois() {
     let (parts, registry) = build(
         &vs,
         &model_config(Backbone::Resnet50),
-        &LayerQuant::default(),
+        &quantized_but_first_conv(),
     );
     assert_eq!(
         (parts.trunk_channels, parts.head_dim, parts.pool_size),
@@ -165,6 +186,7 @@ fn resnet50_c4_is_stride_16_and_layer4_halves_the_pooled_rois() {
     let layers = registered(&registry);
     assert_eq!(layers.len(), 1 + 3 * 16 + 4);
     assert_eq!(layers[0].0, "backbone.conv1.weight");
+    assert_eq!(float_layers(&registry), ["backbone.conv1.weight"]);
     assert_eq!(layers.last().unwrap().0, "backbone.layer4.2.conv3.weight");
     let variables = vs.variables();
     for name in [
@@ -323,32 +345,6 @@ fn quantized_small_backbone_registers_every_conv_and_fc() {
         assert!(layers
             .iter()
             .any(|(n, _)| n == "backbone.classifier.2.weight"));
-    }
-}
-
-#[test]
-fn quantized_vgg_and_resnet_keep_only_the_first_conv_float_when_asked() {
-    let spec = QuantSpec {
-        method: Method::Lbw,
-        bits: 6,
-        c: 7.2,
-    };
-    let quant = LayerQuant {
-        spec: Some(spec),
-        float_first_conv: true,
-    };
-    for (backbone, first) in [
-        (Backbone::Resnet50, "backbone.conv1.weight"),
-        (Backbone::Vgg16, "backbone.features.0.weight"),
-    ] {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let (_, registry) = build(&vs, &model_config(backbone), &quant);
-        let float: Vec<String> = registered(&registry)
-            .into_iter()
-            .filter(|(_, s)| s.is_none())
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(float, [first]);
     }
 }
 
