@@ -13,7 +13,10 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     std::env::var("LIBTORCH_USE_PYTORCH").ok()?;
     // The same interpreter torch-sys asks.
     let output = Command::new("python3")
-        .args(["-c", "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .args([
+            "-c",
+            "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
         .output()
         .ok()?;
     output
@@ -29,7 +32,10 @@ fn libtorch_version(lib: &std::path::Path) -> String {
     if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("__version__") {
-                return rest.trim_start_matches([' ', '=']).trim_matches(['\'', '"']).to_string();
+                return rest
+                    .trim_start_matches([' ', '='])
+                    .trim_matches(['\'', '"'])
+                    .to_string();
             }
         }
     }
@@ -45,7 +51,10 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-env=LBWNET_LIBTORCH_VERSION={}", libtorch_version(&lib));
+    println!(
+        "cargo:rustc-env=LBWNET_LIBTORCH_VERSION={}",
+        libtorch_version(&lib)
+    );
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");

@@ -89,7 +89,13 @@ pub struct SyntheticConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { train: 400, test: 100, seed: 0, width: 320, height: 240 }
+        Self {
+            train: 400,
+            test: 100,
+            seed: 0,
+            width: 320,
+            height: 240,
+        }
     }
 }
 
@@ -338,7 +344,12 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { metric: ApMetric::Voc07, score_thresh: 0.05, nms_thresh: 0.3, detections_per_image: 100 }
+        Self {
+            metric: ApMetric::Voc07,
+            score_thresh: 0.05,
+            nms_thresh: 0.3,
+            detections_per_image: 100,
+        }
     }
 }
 
@@ -363,7 +374,9 @@ impl ExperimentConfig {
             let key = err.path().to_string();
             anyhow::anyhow!("config {}: key `{key}`: {}", origin.display(), err.inner())
         })?;
-        config.validate().with_context(|| format!("config {}", origin.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("config {}", origin.display()))?;
         Ok(config)
     }
 
@@ -371,15 +384,22 @@ impl ExperimentConfig {
     pub fn validate(&self) -> Result<()> {
         let q = &self.quant;
         if !(2..=8).contains(&q.bits) && q.bits != FLOAT_BITS {
-            bail!("key `quant.bits`: {} is not allowed; use 2..=8, or 32 for float", q.bits);
+            bail!(
+                "key `quant.bits`: {} is not allowed; use 2..=8, or 32 for float",
+                q.bits
+            );
         }
         if let Some(c) = q.c {
-            if !(c > 0.0 && c.is_finite()) {
+            if !is_positive(c) {
                 bail!("key `quant.c`: {c} is not allowed; c must be a positive number");
             }
         }
         if matches!(q.method, Method::Ternary | Method::Twn) && q.bits != 2 && !q.is_float() {
-            bail!("key `quant.method`: {} is ternary; it needs quant.bits = 2, not {}", q.method, q.bits);
+            bail!(
+                "key `quant.method`: {} is ternary; it needs quant.bits = 2, not {}",
+                q.method,
+                q.bits
+            );
         }
         let d = &self.data;
         if d.min_size == 0 || d.max_size < d.min_size {
@@ -394,7 +414,11 @@ impl ExperimentConfig {
         if m.anchor_sizes.is_empty() || m.anchor_ratios.is_empty() {
             bail!("keys `model.anchor_sizes`/`model.anchor_ratios`: need at least one value each");
         }
-        if m.anchor_sizes.iter().chain(&m.anchor_ratios).any(|v| !(*v > 0.0)) {
+        if m.anchor_sizes
+            .iter()
+            .chain(&m.anchor_ratios)
+            .any(|v| !is_positive(*v))
+        {
             bail!("keys `model.anchor_sizes`/`model.anchor_ratios`: values must be positive");
         }
         for (key, v) in [
@@ -412,11 +436,25 @@ impl ExperimentConfig {
         if t.batch_size == 0 {
             bail!("key `train.batch_size`: must be at least 1");
         }
-        if !(t.lr > 0.0) {
+        if !is_positive(t.lr) {
             bail!("key `train.lr`: {} is not allowed; must be positive", t.lr);
         }
         if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            bail!("key `name`: `{}` is not a valid run name (non-empty, no slashes)", self.name);
+            bail!(
+                "key `name`: `{}` is not a valid run name (non-empty, no slashes)",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that the data set exists, or can be generated.
+    pub fn check_data_path(&self) -> Result<()> {
+        if self.data.synthetic.is_none() && !self.data.root.is_dir() {
+            bail!(
+                "key `data.root`: data set directory {} does not exist (point it at a VOCdevkit/VOC2007-style folder)",
+                self.data.root.display()
+            );
         }
         Ok(())
     }
@@ -424,15 +462,13 @@ impl ExperimentConfig {
     /// Checks that the paths the config names exist; run by the commands that read them.
     /// A synthetic data set may be missing: it is generated on demand.
     pub fn check_paths(&self) -> Result<()> {
-        if self.data.synthetic.is_none() && !self.data.root.is_dir() {
-            bail!(
-                "key `data.root`: data set directory {} does not exist (point it at a VOCdevkit/VOC2007-style folder)",
-                self.data.root.display()
-            );
-        }
+        self.check_data_path()?;
         if let Some(w) = &self.model.backbone_weights {
             if !w.is_file() {
-                bail!("key `model.backbone_weights`: file {} does not exist", w.display());
+                bail!(
+                    "key `model.backbone_weights`: file {} does not exist",
+                    w.display()
+                );
             }
         }
         if let Some(p) = &self.train.init_from {
@@ -448,7 +484,9 @@ impl ExperimentConfig {
         if self.quant.is_float() {
             return None;
         }
-        self.quant.c.or_else(|| crate::quant::default_c(self.quant.bits))
+        self.quant
+            .c
+            .or_else(|| crate::quant::default_c(self.quant.bits))
     }
 
     /// The quantizer of every quantized layer, `None` for a float model.
@@ -465,7 +503,11 @@ impl ExperimentConfig {
             // The other methods do not use c.
             (_, None) => 0.0,
         };
-        Ok(Some(crate::quant::QuantSpec { method: self.quant.method, bits: self.quant.bits, c }))
+        Ok(Some(crate::quant::QuantSpec {
+            method: self.quant.method,
+            bits: self.quant.bits,
+            c,
+        }))
     }
 
     /// Short tag of the quantization setting: `fp32`, `w6-lbw-c7.2`, `w2-ternary`.
@@ -482,12 +524,20 @@ impl ExperimentConfig {
     /// The run directory of this experiment: `<output_dir>/<name>/<quant tag>`, so runs at
     /// different bit-widths never overwrite each other.
     pub fn run_dir(&self) -> PathBuf {
-        self.train.output_dir.join(&self.name).join(self.quant_tag())
+        self.train
+            .output_dir
+            .join(&self.name)
+            .join(self.quant_tag())
     }
 
     pub fn to_yaml(&self) -> Result<String> {
         Ok(serde_yaml::to_string(self)?)
     }
+}
+
+/// A finite number above zero (NaN is not).
+pub fn is_positive(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
 }
 
 /// Sets `key.path=value` inside a YAML tree, creating mappings on the way; the value is
@@ -507,9 +557,9 @@ fn apply_override(root: &mut serde_yaml::Value, item: &str) -> Result<()> {
         if node.is_null() {
             *node = serde_yaml::Value::Mapping(Default::default());
         }
-        let map = node
-            .as_mapping_mut()
-            .with_context(|| format!("key `{key}`: `{part}` is inside a value that is not a mapping"))?;
+        let map = node.as_mapping_mut().with_context(|| {
+            format!("key `{key}`: `{part}` is inside a value that is not a mapping")
+        })?;
         node = map
             .entry(serde_yaml::Value::String(part.to_string()))
             .or_insert(serde_yaml::Value::Null);
@@ -539,7 +589,11 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_create_nested_keys() {
-        let c = parse("name: x\nquant: {bits: 6}\n", &["quant.bits=4", "quant.c=3.7", "train.lr_steps=[10, 20]"]).unwrap();
+        let c = parse(
+            "name: x\nquant: {bits: 6}\n",
+            &["quant.bits=4", "quant.c=3.7", "train.lr_steps=[10, 20]"],
+        )
+        .unwrap();
         assert_eq!(c.quant.bits, 4);
         assert_eq!(c.quant.c, Some(3.7));
         assert_eq!(c.train.lr_steps, vec![10, 20]);
@@ -547,8 +601,14 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = format!("{:#}", parse("name: x\nquant: {bitz: 4}\n", &[]).unwrap_err());
-        assert!(err.contains("quant.bitz") && err.contains("test.yaml"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("name: x\nquant: {bitz: 4}\n", &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("quant.bitz") && err.contains("test.yaml"),
+            "{err}"
+        );
         let err = format!("{:#}", parse("name: x\n", &["train.iters=3"]).unwrap_err());
         assert!(err.contains("train.iters"), "{err}");
     }
@@ -565,7 +625,10 @@ mod tests {
             assert!(err.contains(key) && err.contains("test.yaml"), "{err}");
         }
         assert!(parse("name: x\n", &["quant.bits=32"]).is_ok());
-        let err = format!("{:#}", parse("name: x\n", &["quant.method=lbww"]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("name: x\n", &["quant.method=lbww"]).unwrap_err()
+        );
         assert!(err.contains("quant.method"), "{err}");
     }
 
@@ -573,7 +636,10 @@ mod tests {
     fn missing_data_root_is_named() {
         let c = parse("name: x\ndata: {root: /no/such/dir}\n", &[]).unwrap();
         let err = format!("{:#}", c.check_paths().unwrap_err());
-        assert!(err.contains("data.root") && err.contains("/no/such/dir"), "{err}");
+        assert!(
+            err.contains("data.root") && err.contains("/no/such/dir"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,13 +19,16 @@ pub fn write_atomic_with(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".lbwnet-tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file_mut().sync_all().with_context(|| format!("flushing {}", path.display()))?;
+    tmp.as_file_mut()
+        .sync_all()
+        .with_context(|| format!("flushing {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("renaming the temporary file onto {}", path.display()))?;
     Ok(())
@@ -38,7 +41,8 @@ pub fn write_atomic_via_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
     let tmp = tempfile::Builder::new()
         .prefix(".lbwnet-tmp-")

@@ -4,7 +4,10 @@ use std::path::Path;
 use std::process::Command;
 
 fn lbwnet(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet")).args(args).output().expect("running lbwnet");
+    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+        .args(args)
+        .output()
+        .expect("running lbwnet");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "lbwnet panicked: {stderr}");
     (out.status.success(), stderr)
@@ -22,7 +25,10 @@ fn unknown_key_is_refused_with_its_name() {
     let cfg = write_config(dir.path(), "bad.yaml", "name: x\ntrain:\n  iteratoins: 5\n");
     let (ok, stderr) = lbwnet(&["train", "--config", &cfg]);
     assert!(!ok);
-    assert!(stderr.contains("train.iteratoins") && stderr.contains("bad.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("train.iteratoins") && stderr.contains("bad.yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -31,7 +37,10 @@ fn bad_bit_width_is_refused() {
     let cfg = write_config(dir.path(), "c.yaml", "name: x\n");
     let (ok, stderr) = lbwnet(&["train", "--config", &cfg, "--set", "quant.bits=12"]);
     assert!(!ok);
-    assert!(stderr.contains("quant.bits") && stderr.contains("2..=8"), "{stderr}");
+    assert!(
+        stderr.contains("quant.bits") && stderr.contains("2..=8"),
+        "{stderr}"
+    );
     let (ok, stderr) = lbwnet(&["train", "--config", &cfg, "--set", "quant.c=-2"]);
     assert!(!ok);
     assert!(stderr.contains("quant.c"), "{stderr}");
@@ -41,10 +50,17 @@ fn bad_bit_width_is_refused() {
 fn missing_data_path_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-voc");
-    let cfg = write_config(dir.path(), "c.yaml", &format!("name: x\ndata:\n  root: {}\n", missing.display()));
+    let cfg = write_config(
+        dir.path(),
+        "c.yaml",
+        &format!("name: x\ndata:\n  root: {}\n", missing.display()),
+    );
     let (ok, stderr) = lbwnet(&["train", "--config", &cfg]);
     assert!(!ok);
-    assert!(stderr.contains("data.root") && stderr.contains("no-such-voc"), "{stderr}");
+    assert!(
+        stderr.contains("data.root") && stderr.contains("no-such-voc"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -56,7 +72,11 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn info_reports_libtorch() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet")).arg("info").env_clear().output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+        .arg("info")
+        .env_clear()
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("libtorch 2.11"), "{stdout}");

@@ -9,7 +9,10 @@ fn quick_sweep_writes_tables_and_plots_and_resumes() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut sweep = SweepConfig::load(&repo.join("configs/sweeps/default.yaml")).unwrap();
     sweep.output_dir = dir.path().join("results");
-    sweep.quick.set.push(format!("data.root={}", dir.path().join("data").display()));
+    sweep
+        .quick
+        .set
+        .push(format!("data.root={}", dir.path().join("data").display()));
 
     let table = run_sweep(&sweep, true).unwrap();
     // Float, one c for each of 6, 5, 4, 3 bits, and ternary.
@@ -18,11 +21,20 @@ fn quick_sweep_writes_tables_and_plots_and_resumes() {
     for row in &table.rows[1..] {
         assert!(row.compression > 4.0, "{row:?}");
         let ratio = row.error_vs_exact.unwrap();
-        assert!(ratio >= 1.0 - 1e-6, "a quantizer beat the exact optimum: {row:?}");
+        assert!(
+            ratio >= 1.0 - 1e-6,
+            "a quantizer beat the exact optimum: {row:?}"
+        );
     }
     assert_eq!(table.rows[0].compression, 1.0);
     let out = sweep.results_dir(true);
-    for file in ["table.md", "table.json", "paper_table.md", "map_vs_c.png", "map_vs_bits.png"] {
+    for file in [
+        "table.md",
+        "table.json",
+        "paper_table.md",
+        "map_vs_c.png",
+        "map_vs_bits.png",
+    ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     let png = std::fs::read(out.join("map_vs_bits.png")).unwrap();
@@ -30,7 +42,9 @@ fn quick_sweep_writes_tables_and_plots_and_resumes() {
 
     // Finished cells are skipped: the second run trains nothing and reports the same mAPs.
     let again = run_sweep(&sweep, true).unwrap();
-    let maps = |t: &lbwnet::experiments::table::SweepTable| t.rows.iter().map(|r| r.map).collect::<Vec<_>>();
+    let maps = |t: &lbwnet::experiments::table::SweepTable| {
+        t.rows.iter().map(|r| r.map).collect::<Vec<_>>()
+    };
     assert_eq!(maps(&table), maps(&again));
     assert!(again.seconds < table.seconds);
 }

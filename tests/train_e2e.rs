@@ -51,17 +51,34 @@ fn train_checkpoint_resume_and_evaluate() {
     let cfg = tiny_config(dir.path(), 6);
     let (metrics, report) = train(&cfg, None).unwrap();
     let run_dir = cfg.run_dir();
-    assert!(run_dir.ends_with("tiny/w6-lbw-c7.2"), "{}", run_dir.display());
+    assert!(
+        run_dir.ends_with("tiny/w6-lbw-c7.2"),
+        "{}",
+        run_dir.display()
+    );
     assert!((0.0..=1.0).contains(&metrics.map), "{}", metrics.map);
     assert!(!report.ap.is_empty());
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap();
-    for key in ["map", "metric", "ap", "bits", "method", "c", "iterations", "train_seconds", "images_per_second"] {
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    for key in [
+        "map",
+        "metric",
+        "ap",
+        "bits",
+        "method",
+        "c",
+        "iterations",
+        "train_seconds",
+        "images_per_second",
+    ] {
         assert!(json.get(key).is_some(), "metrics.json lacks {key}: {json}");
     }
     assert_eq!(json["bits"], 6);
     assert!(run_dir.join("summary.md").is_file());
-    let dets = std::fs::read_dir(run_dir.join("detections")).unwrap().count();
+    let dets = std::fs::read_dir(run_dir.join("detections"))
+        .unwrap()
+        .count();
     assert!(dets > 0, "no comp4 files written");
 
     // Drop the final checkpoint, resume from iteration 3, and land on the same weights.
@@ -70,7 +87,8 @@ fn train_checkpoint_resume_and_evaluate() {
     assert_eq!(state.iteration, 6);
     let final_weights = read_weights(&checkpoint::checkpoint_dir(&run_dir).join(&state.weights));
     std::fs::remove_file(&last).unwrap();
-    let resumed_from = checkpoint::read_state(&checkpoint::latest(&run_dir).unwrap().unwrap()).unwrap();
+    let resumed_from =
+        checkpoint::read_state(&checkpoint::latest(&run_dir).unwrap().unwrap()).unwrap();
     assert_eq!(resumed_from.iteration, 3);
     train(&cfg, Some(&run_dir)).unwrap();
     let state = checkpoint::read_state(&checkpoint::latest(&run_dir).unwrap().unwrap()).unwrap();
@@ -88,13 +106,26 @@ fn evaluate_command_reads_a_finished_run() {
     let cfg = tiny_config(dir.path(), 32);
     train(&cfg, None).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .args(["eval", "--run", cfg.run_dir().to_str().unwrap(), "--json", "--save-images", "2"])
+        .args([
+            "eval",
+            "--run",
+            cfg.run_dir().to_str().unwrap(),
+            "--json",
+            "--save-images",
+            "2",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(json["metric"], "voc07");
-    let images = std::fs::read_dir(cfg.run_dir().join("eval").join("images")).unwrap().count();
+    let images = std::fs::read_dir(cfg.run_dir().join("eval").join("images"))
+        .unwrap()
+        .count();
     assert_eq!(images, 2);
 }

@@ -35,7 +35,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (Some(run), _) => {
             let config_path = run.join("config.yaml");
             if !config_path.is_file() {
-                bail!("{} is not a training run directory (no config.yaml)", run.display());
+                bail!(
+                    "{} is not a training run directory (no config.yaml)",
+                    run.display()
+                );
             }
             let cfg = ExperimentConfig::load(&config_path, &args.config.overrides)?;
             (cfg, checkpoint::resolve_weights(run)?, run.join("eval"))
@@ -43,30 +46,44 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, Some(ckpt)) => {
             let cfg = args.config.load()?;
             let weights = checkpoint::resolve_weights(ckpt)?;
-            let out = weights.parent().map(|p| p.join("eval")).unwrap_or_else(|| PathBuf::from("eval"));
+            let out = weights
+                .parent()
+                .map(|p| p.join("eval"))
+                .unwrap_or_else(|| PathBuf::from("eval"));
             (cfg, weights, out)
         }
         (None, None) => {
             // The run that `lbwnet train` with the same config and overrides produced.
             let cfg = args.config.load()?;
             let run = cfg.run_dir();
-            let weights = checkpoint::resolve_weights(&run)
-                .with_context(|| format!("no --run or --checkpoint given, and no trained run at {}", run.display()))?;
+            let weights = checkpoint::resolve_weights(&run).with_context(|| {
+                format!(
+                    "no --run or --checkpoint given, and no trained run at {}",
+                    run.display()
+                )
+            })?;
             (cfg, weights, run.join("eval"))
         }
     };
-    let mut cfg = cfg;
-    // The checkpoint holds every weight already.
-    cfg.train.init_from = None;
-    cfg.model.backbone_weights = None;
-    cfg.check_paths()?;
+    cfg.check_data_path()?;
     ensure_synthetic(&cfg.data)?;
     let device = select_device(cfg.train.device)?;
-    let test_set = Arc::new(VocDataset::open(&cfg.data.root, &cfg.data.test_split, cfg.data.classes.as_deref())?);
-    let (vs, model) = build_model(&cfg, test_set.classes.len(), device)?;
+    let test_set = Arc::new(VocDataset::open(
+        &cfg.data.root,
+        &cfg.data.test_split,
+        cfg.data.classes.as_deref(),
+    )?);
+    let (vs, model) = build_model(&cfg, test_set.classes.len(), device, false)?;
     checkpoint::load_weights(&weights, &vs)?;
-    let report =
-        evaluate_model(&model, test_set, &cfg.data, &cfg.eval, device, &out_dir.join("detections"), args.save_images)?;
+    let report = evaluate_model(
+        &model,
+        test_set,
+        &cfg.data,
+        &cfg.eval,
+        device,
+        &out_dir.join("detections"),
+        args.save_images,
+    )?;
     if args.json {
         println!("{}", report.to_json());
     } else {

@@ -14,5 +14,7 @@ pub fn run() -> Result<()> {
 
 /// The version of the libtorch this binary links; torch-sys records it at build time.
 fn libtorch_version() -> String {
-    option_env!("LBWNET_LIBTORCH_VERSION").unwrap_or("unknown").to_string()
+    option_env!("LBWNET_LIBTORCH_VERSION")
+        .unwrap_or("unknown")
+        .to_string()
 }

@@ -14,7 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "lbwnet", version, about = "Faster R-CNN with low bit-width (zero or power-of-two) weights")]
+#[command(
+    name = "lbwnet",
+    version,
+    about = "Faster R-CNN with low bit-width (zero or power-of-two) weights"
+)]
 pub struct Cli {
     /// Only warnings and errors on stderr (RUST_LOG still wins when set).
     #[arg(long, short, global = true)]

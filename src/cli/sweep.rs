@@ -21,8 +21,15 @@ pub struct SweepArgs {
 pub fn run(args: SweepArgs) -> Result<()> {
     let sweep = SweepConfig::load(&args.config)?;
     let table = run_sweep(&sweep, args.quick)?;
-    let text = if args.paper_table { table.paper_table_markdown() } else { table.to_markdown() };
+    let text = if args.paper_table {
+        table.paper_table_markdown()
+    } else {
+        table.to_markdown()
+    };
     println!("{text}");
-    eprintln!("tables and plots in {}", sweep.results_dir(args.quick).display());
+    eprintln!(
+        "tables and plots in {}",
+        sweep.results_dir(args.quick).display()
+    );
     Ok(())
 }

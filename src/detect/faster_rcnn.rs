@@ -73,7 +73,11 @@ impl ImageBatch {
                 }
             })
             .collect();
-        Self { images: Tensor::stack(&padded, 0), sizes, scales }
+        Self {
+            images: Tensor::stack(&padded, 0),
+            sizes,
+            scales,
+        }
     }
 }
 
@@ -92,8 +96,15 @@ impl FasterRcnn {
     pub fn new(root: &nn::Path, cfg: &ExperimentConfig, num_classes: usize) -> Result<Self> {
         let registry = QuantRegistry::default();
         let spec = cfg.quant_spec()?;
-        let predictor_spec = if cfg.quant.float_predictors { None } else { spec };
-        let layer_quant = LayerQuant { spec, float_first_conv: cfg.quant.float_first_conv };
+        let predictor_spec = if cfg.quant.float_predictors {
+            None
+        } else {
+            spec
+        };
+        let layer_quant = LayerQuant {
+            spec,
+            float_first_conv: cfg.quant.float_first_conv,
+        };
         let parts = build_backbone(&(root / "backbone"), &cfg.model, &layer_quant, &registry)?;
         let m = &cfg.model;
         let rpn = Rpn::new(
@@ -118,14 +129,21 @@ impl FasterRcnn {
             num_classes as i64,
             &m.roi,
         );
-        Ok(Self { trunk: parts.trunk, rpn, roi_head, registry, frozen_prefixes: parts.frozen_prefixes })
+        Ok(Self {
+            trunk: parts.trunk,
+            rpn,
+            roi_head,
+            registry,
+            frozen_prefixes: parts.frozen_prefixes,
+        })
     }
 
     /// Training losses for a batch.
     pub fn losses(&self, batch: &ImageBatch, targets: &[ImageTarget]) -> LossTerms {
         let features = self.trunk.forward_t(&batch.images, true);
         let (proposals, rpn_losses) =
-            self.rpn.forward(&features, &batch.sizes, &batch.scales, Some(targets), true);
+            self.rpn
+                .forward(&features, &batch.sizes, &batch.scales, Some(targets), true);
         let rpn_losses = rpn_losses.expect("targets were given");
         let head = self.roi_head.loss(&features, &proposals, targets);
         LossTerms {
@@ -141,8 +159,11 @@ impl FasterRcnn {
     pub fn detect(&self, batch: &ImageBatch, eval: &EvalConfig) -> Vec<Detections> {
         tch::no_grad(|| {
             let features = self.trunk.forward_t(&batch.images, false);
-            let (proposals, _) = self.rpn.forward(&features, &batch.sizes, &batch.scales, None, false);
-            self.roi_head.detect(&features, &proposals, &batch.sizes, eval)
+            let (proposals, _) =
+                self.rpn
+                    .forward(&features, &batch.sizes, &batch.scales, None, false);
+            self.roi_head
+                .detect(&features, &proposals, &batch.sizes, eval)
         })
     }
 }

@@ -64,7 +64,10 @@ impl RoiHead {
     ) -> Self {
         let predictor = path / "box_predictor";
         let init = |std: f64| nn::LinearConfig {
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         };
@@ -89,7 +92,11 @@ impl RoiHead {
             pool_size,
             spatial_scale: 1.0 / stride as f64,
             coder: BoxCoder::new(cfg.box_weights),
-            matcher: Matcher { high: cfg.fg_iou, low: cfg.bg_iou_hi, allow_low_quality_matches: false },
+            matcher: Matcher {
+                high: cfg.fg_iou,
+                low: cfg.bg_iou_hi,
+                allow_low_quality_matches: false,
+            },
             sampler: BalancedSampler {
                 batch_size_per_image: cfg.batch_size_per_image,
                 positive_fraction: cfg.positive_fraction,
@@ -114,10 +121,18 @@ impl RoiHead {
             Pooler::RoiPool => roi_pool(features, rois, size, self.spatial_scale),
         };
         let hidden = self.box_head.forward_t(&pooled, train);
-        (self.cls_score.forward(&hidden), self.bbox_pred.forward(&hidden))
+        (
+            self.cls_score.forward(&hidden),
+            self.bbox_pred.forward(&hidden),
+        )
     }
 
-    pub fn loss(&self, features: &Tensor, proposals: &[Tensor], targets: &[ImageTarget]) -> RoiHeadLosses {
+    pub fn loss(
+        &self,
+        features: &Tensor,
+        proposals: &[Tensor],
+        targets: &[ImageTarget],
+    ) -> RoiHeadLosses {
         let sampled = tch::no_grad(|| self.sample(proposals, targets));
         let (logits, deltas) = self.predict(features, &sampled.rois, true);
         let classifier =
@@ -128,7 +143,15 @@ impl RoiHead {
         // Class-specific regression: only the ground-truth class's deltas are trained.
         let positive_deltas = deltas
             .index_select(0, &positive)
-            .gather(1, &sampled.labels.index_select(0, &positive).view([-1, 1, 1]).expand([-1, 1, 4], false), false)
+            .gather(
+                1,
+                &sampled
+                    .labels
+                    .index_select(0, &positive)
+                    .view([-1, 1, 1])
+                    .expand([-1, 1, 4], false),
+                false,
+            )
             .squeeze_dim(1);
         let beta = 1.0 / (self.cfg.smooth_l1_sigma * self.cfg.smooth_l1_sigma);
         let box_reg = positive_deltas.smooth_l1_loss(
@@ -136,7 +159,10 @@ impl RoiHead {
             Reduction::Sum,
             beta,
         ) / num_rois;
-        RoiHeadLosses { classifier, box_reg }
+        RoiHeadLosses {
+            classifier,
+            box_reg,
+        }
     }
 
     /// Adds the gt boxes to each image's proposals, labels them by IoU (fg >= fg_iou,
@@ -153,7 +179,8 @@ impl RoiHead {
             let kept = props.index_select(0, &keep);
             regression_targets.push(self.coder.encode(&matched_gt.index_select(0, &keep), &kept));
             labels.push(image_labels.index_select(0, &keep));
-            let batch_index = kept.new_full([kept.size()[0], 1], i as f64, (Kind::Float, kept.device()));
+            let batch_index =
+                kept.new_full([kept.size()[0], 1], i as f64, (Kind::Float, kept.device()));
             rois.push(Tensor::cat(&[batch_index, kept], 1));
         }
         SampledRois {
@@ -227,7 +254,8 @@ impl RoiHead {
     ) -> Detections {
         let num_classes = self.num_classes;
         let device = boxes.device();
-        let boxes = clip_boxes_to_image(&boxes.view([-1, 4]), height, width).view([-1, num_classes + 1, 4]);
+        let boxes =
+            clip_boxes_to_image(&boxes.view([-1, 4]), height, width).view([-1, num_classes + 1, 4]);
         // Drop the background column, then flatten (proposal, class) pairs.
         let boxes = boxes.narrow(1, 1, num_classes).reshape([-1, 4]);
         let scores = scores.narrow(1, 1, num_classes).reshape([-1]);
@@ -236,11 +264,17 @@ impl RoiHead {
             .expand([boxes.size()[0] / num_classes, num_classes], false)
             .reshape([-1]);
         let keep = scores.gt(eval.score_thresh).nonzero().squeeze_dim(1);
-        let (boxes, scores, labels) =
-            (boxes.index_select(0, &keep), scores.index_select(0, &keep), labels.index_select(0, &keep));
+        let (boxes, scores, labels) = (
+            boxes.index_select(0, &keep),
+            scores.index_select(0, &keep),
+            labels.index_select(0, &keep),
+        );
         let keep = remove_small_boxes(&boxes, 1e-2);
-        let (boxes, scores, labels) =
-            (boxes.index_select(0, &keep), scores.index_select(0, &keep), labels.index_select(0, &keep));
+        let (boxes, scores, labels) = (
+            boxes.index_select(0, &keep),
+            scores.index_select(0, &keep),
+            labels.index_select(0, &keep),
+        );
         let keep = batched_nms(&boxes, &scores, &labels, eval.nms_thresh);
         let keep = keep.narrow(0, 0, keep.size()[0].min(eval.detections_per_image as i64));
         Detections {

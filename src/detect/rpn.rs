@@ -4,10 +4,10 @@ use crate::config::RpnConfig;
 use crate::detect::anchors::{base_anchors, grid_anchors};
 use crate::detect::box_coder::BoxCoder;
 use crate::detect::box_ops::{box_iou, clip_boxes_to_image, remove_small_boxes};
+use crate::detect::faster_rcnn::ImageTarget;
 use crate::detect::matcher::Matcher;
 use crate::detect::nms::nms_top_k;
 use crate::detect::sampler::BalancedSampler;
-use crate::detect::faster_rcnn::ImageTarget;
 use crate::nn::{qconv2d, QConv2d, QuantRegistry};
 use crate::quant::QuantSpec;
 use tch::nn::{self, Module};
@@ -22,7 +22,10 @@ pub struct RpnHead {
 
 fn normal_init(std: f64) -> nn::ConvConfig {
     nn::ConvConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
     }
@@ -38,9 +41,20 @@ impl RpnHead {
         channels: i64,
         num_anchors: i64,
     ) -> Self {
-        let conv_cfg = nn::ConvConfig { padding: 1, ..normal_init(0.01) };
+        let conv_cfg = nn::ConvConfig {
+            padding: 1,
+            ..normal_init(0.01)
+        };
         Self {
-            conv: qconv2d(&(path / "conv"), registry, spec, in_channels, channels, 3, conv_cfg),
+            conv: qconv2d(
+                &(path / "conv"),
+                registry,
+                spec,
+                in_channels,
+                channels,
+                3,
+                conv_cfg,
+            ),
             cls_logits: qconv2d(
                 &(path / "cls_logits"),
                 registry,
@@ -65,7 +79,10 @@ impl RpnHead {
     /// Objectness `[N, A, H, W]` and box deltas `[N, 4A, H, W]`.
     fn forward(&self, features: &Tensor) -> (Tensor, Tensor) {
         let hidden = self.conv.forward(features).relu();
-        (self.cls_logits.forward(&hidden), self.bbox_pred.forward(&hidden))
+        (
+            self.cls_logits.forward(&hidden),
+            self.bbox_pred.forward(&hidden),
+        )
     }
 }
 
@@ -113,7 +130,11 @@ impl Rpn {
             cell_anchors,
             stride,
             coder: BoxCoder::new([1.0, 1.0, 1.0, 1.0]),
-            matcher: Matcher { high: cfg.fg_iou, low: cfg.bg_iou, allow_low_quality_matches: true },
+            matcher: Matcher {
+                high: cfg.fg_iou,
+                low: cfg.bg_iou,
+                allow_low_quality_matches: true,
+            },
             sampler: BalancedSampler {
                 batch_size_per_image: cfg.batch_size_per_image,
                 positive_fraction: cfg.positive_fraction,
@@ -138,7 +159,10 @@ impl Rpn {
         let anchors = grid_anchors(&self.cell_anchors, h, w, self.stride);
         // Location-major, anchor-minor: the order of `grid_anchors`.
         let objectness = objectness.permute([0, 2, 3, 1]).reshape([n, h * w * a]);
-        let deltas = deltas.view([n, a, 4, h, w]).permute([0, 3, 4, 1, 2]).reshape([n, h * w * a, 4]);
+        let deltas = deltas
+            .view([n, a, 4, h, w])
+            .permute([0, 3, 4, 1, 2])
+            .reshape([n, h * w * a, 4]);
 
         let (pre_nms, post_nms) = if train {
             (self.cfg.pre_nms_top_n_train, self.cfg.post_nms_top_n_train)
@@ -179,7 +203,10 @@ impl Rpn {
         let (scores, top) = objectness.topk(k, 0, true, true);
         let boxes = self
             .coder
-            .decode(&deltas.index_select(0, &top), &anchors.index_select(0, &top))
+            .decode(
+                &deltas.index_select(0, &top),
+                &anchors.index_select(0, &top),
+            )
             .view([-1, 4]);
         let boxes = clip_boxes_to_image(&boxes, height, width);
         let keep = remove_small_boxes(&boxes, self.cfg.min_size * scale);
@@ -204,7 +231,10 @@ impl Rpn {
             let (labels, matched_gt) = tch::no_grad(|| self.label_anchors(anchors, &target.boxes));
             let (pos, neg) = self.sampler.sample(&labels);
             regression_targets.push(tch::no_grad(|| {
-                self.coder.encode(&matched_gt.index_select(0, &pos), &anchors.index_select(0, &pos))
+                self.coder.encode(
+                    &matched_gt.index_select(0, &pos),
+                    &anchors.index_select(0, &pos),
+                )
             }));
             sampled_pos.push(pos + offset);
             sampled_neg.push(neg + offset);
@@ -227,11 +257,15 @@ impl Rpn {
             .index_select(0, &sampled)
             .binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Mean);
         let beta = 1.0 / (self.cfg.smooth_l1_sigma * self.cfg.smooth_l1_sigma);
-        let box_loss = flat_deltas
-            .index_select(0, &pos)
-            .smooth_l1_loss(&Tensor::cat(&regression_targets, 0), Reduction::Sum, beta)
-            / num_sampled;
-        RpnLosses { objectness: objectness_loss, box_reg: box_loss }
+        let box_loss = flat_deltas.index_select(0, &pos).smooth_l1_loss(
+            &Tensor::cat(&regression_targets, 0),
+            Reduction::Sum,
+            beta,
+        ) / num_sampled;
+        RpnLosses {
+            objectness: objectness_loss,
+            box_reg: box_loss,
+        }
     }
 
     /// Per anchor: 1 foreground, 0 background, -1 ignored; and the matched gt box.
@@ -239,12 +273,18 @@ impl Rpn {
         let n = anchors.size()[0];
         if gt_boxes.size()[0] == 0 {
             let labels = Tensor::zeros([n], (Kind::Int64, anchors.device()));
-            return (labels, Tensor::zeros([n, 4], (Kind::Float, anchors.device())));
+            return (
+                labels,
+                Tensor::zeros([n, 4], (Kind::Float, anchors.device())),
+            );
         }
         let matches = self.matcher.matches(&box_iou(gt_boxes, anchors));
         let matched_gt = gt_boxes.index_select(0, &matches.clamp_min(0));
         let labels = matches.ge(0).to_kind(Kind::Int64);
-        let labels = labels.where_self(&matches.ne(crate::detect::matcher::BETWEEN), &labels.full_like(-1));
+        let labels = labels.where_self(
+            &matches.ne(crate::detect::matcher::BETWEEN),
+            &labels.full_like(-1),
+        );
         (labels, matched_gt)
     }
 }

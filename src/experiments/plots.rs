@@ -33,9 +33,17 @@ fn draw_error<E: std::fmt::Debug>(err: E) -> anyhow::Error {
 /// Writes `map_vs_c.png` and `map_vs_bits.png` into `dir` (atomically).
 pub fn write_plots(table: &SweepTable, dir: &Path) -> Result<()> {
     register_fonts();
-    let float_map = table.rows.iter().find(|r| r.method == "float").map(|r| r.map);
-    render(&dir.join("map_vs_c.png"), |path| plot_map_vs_c(table, float_map, path))?;
-    render(&dir.join("map_vs_bits.png"), |path| plot_map_vs_bits(table, float_map, path))
+    let float_map = table
+        .rows
+        .iter()
+        .find(|r| r.method == "float")
+        .map(|r| r.map);
+    render(&dir.join("map_vs_c.png"), |path| {
+        plot_map_vs_c(table, float_map, path)
+    })?;
+    render(&dir.join("map_vs_bits.png"), |path| {
+        plot_map_vs_bits(table, float_map, path)
+    })
 }
 
 /// plotters writes to a path; render to a temporary one and rename.
@@ -56,8 +64,15 @@ fn map_range(values: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> 
 fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
     let lbw: Vec<_> = table.rows.iter().filter(|r| r.c.is_some()).collect();
     let cs = lbw.iter().filter_map(|r| r.c);
-    let (c_lo, c_hi) = (cs.clone().fold(f64::INFINITY, f64::min), cs.fold(f64::NEG_INFINITY, f64::max));
-    let (c_lo, c_hi) = if c_lo.is_finite() { (c_lo * 0.9, c_hi * 1.1) } else { (0.0, 1.0) };
+    let (c_lo, c_hi) = (
+        cs.clone().fold(f64::INFINITY, f64::min),
+        cs.fold(f64::NEG_INFINITY, f64::max),
+    );
+    let (c_lo, c_hi) = if c_lo.is_finite() {
+        (c_lo * 0.9, c_hi * 1.1)
+    } else {
+        (0.0, 1.0)
+    };
     let y = map_range(lbw.iter().map(|r| r.map).chain(float_map));
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
@@ -80,19 +95,29 @@ fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Res
     bits.dedup();
     for (i, b) in bits.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let mut points: Vec<(f64, f64)> =
-            lbw.iter().filter(|r| r.bits == *b).filter_map(|r| r.c.map(|c| (c, r.map))).collect();
+        let mut points: Vec<(f64, f64)> = lbw
+            .iter()
+            .filter(|r| r.bits == *b)
+            .filter_map(|r| r.c.map(|c| (c, r.map)))
+            .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(draw_error)?
             .label(format!("{b} bits"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(draw_error)?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(draw_error)?;
     }
     if let Some(f) = float_map {
         chart
-            .draw_series(LineSeries::new(vec![(c_lo, f), (c_hi, f)], BLACK.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                vec![(c_lo, f), (c_hi, f)],
+                BLACK.stroke_width(1),
+            ))
             .map_err(draw_error)?
             .label("32-bit float")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
@@ -119,7 +144,10 @@ fn plot_map_vs_bits(table: &SweepTable, float_map: Option<f64>, path: &Path) -> 
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("mAP against bit-width, best c (sweep {})", table.sweep), (FONT, 22))
+        .caption(
+            format!("mAP against bit-width, best c (sweep {})", table.sweep),
+            (FONT, 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -138,10 +166,15 @@ fn plot_map_vs_bits(table: &SweepTable, float_map: Option<f64>, path: &Path) -> 
         .map_err(draw_error)?
         .label("quantized (best c)")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-    chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(draw_error)?;
+    chart
+        .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+        .map_err(draw_error)?;
     if let Some(f) = float_map {
         chart
-            .draw_series(LineSeries::new(vec![(1.5, f), (8.5, f)], BLACK.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                vec![(1.5, f), (8.5, f)],
+                BLACK.stroke_width(1),
+            ))
             .map_err(draw_error)?
             .label("32-bit float")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));

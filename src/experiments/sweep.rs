@@ -61,9 +61,19 @@ pub struct QuickSpec {
 
 impl SweepConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading sweep config {}", path.display()))?;
-        let mut sweep: Self = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text))
-            .map_err(|e| anyhow::anyhow!("sweep config {}: key `{}`: {}", path.display(), e.path(), e.inner()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading sweep config {}", path.display()))?;
+        let mut sweep: Self = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+            &text,
+        ))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "sweep config {}: key `{}`: {}",
+                path.display(),
+                e.path(),
+                e.inner()
+            )
+        })?;
         if !sweep.base.is_absolute() {
             let beside = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
             if beside.is_file() {
@@ -71,14 +81,25 @@ impl SweepConfig {
             }
         }
         if !sweep.base.is_file() {
-            bail!("sweep config {}: key `base`: {} does not exist", path.display(), sweep.base.display());
+            bail!(
+                "sweep config {}: key `base`: {} does not exist",
+                path.display(),
+                sweep.base.display()
+            );
         }
         for cell in &sweep.cells {
             if cell.bits == FLOAT_BITS || !(2..=8).contains(&cell.bits) {
-                bail!("sweep config {}: key `cells`: bits {} is not allowed (2..=8)", path.display(), cell.bits);
+                bail!(
+                    "sweep config {}: key `cells`: bits {} is not allowed (2..=8)",
+                    path.display(),
+                    cell.bits
+                );
             }
-            if cell.c.iter().any(|c| !(*c > 0.0)) {
-                bail!("sweep config {}: key `cells`: every c must be positive", path.display());
+            if cell.c.iter().any(|c| !crate::config::is_positive(*c)) {
+                bail!(
+                    "sweep config {}: key `cells`: every c must be positive",
+                    path.display()
+                );
             }
         }
         Ok(sweep)
@@ -86,7 +107,11 @@ impl SweepConfig {
 
     /// `<output_dir>/<name>/`, or `<name>-quick/` for smoke runs (never mixed with real ones).
     pub fn results_dir(&self, quick: bool) -> PathBuf {
-        let name = if quick { format!("{}-quick", self.name) } else { self.name.clone() };
+        let name = if quick {
+            format!("{}-quick", self.name)
+        } else {
+            self.name.clone()
+        };
         self.output_dir.join(name)
     }
 
@@ -97,7 +122,10 @@ impl SweepConfig {
             all.extend(self.quick.set.iter().cloned());
         }
         all.push("name=runs".to_string());
-        all.push(format!("train.output_dir={}", self.results_dir(quick).display()));
+        all.push(format!(
+            "train.output_dir={}",
+            self.results_dir(quick).display()
+        ));
         ExperimentConfig::load(&self.base, &all)
     }
 
@@ -161,11 +189,22 @@ pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
         rows.push(measure_cell(cfg, Some(float_row.map))?);
     }
     rows.insert(0, float_row);
-    let table = SweepTable { sweep: sweep.name.clone(), quick, rows, seconds: started.elapsed().as_secs_f64() };
+    let table = SweepTable {
+        sweep: sweep.name.clone(),
+        quick,
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     let dir = sweep.results_dir(quick);
-    write_atomic(&dir.join("table.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
+    write_atomic(
+        &dir.join("table.json"),
+        serde_json::to_string_pretty(&table)?.as_bytes(),
+    )?;
     write_atomic(&dir.join("table.md"), table.to_markdown().as_bytes())?;
-    write_atomic(&dir.join("paper_table.md"), table.paper_table_markdown().as_bytes())?;
+    write_atomic(
+        &dir.join("paper_table.md"),
+        table.paper_table_markdown().as_bytes(),
+    )?;
     write_plots(&table, &dir)?;
     Ok(table)
 }

@@ -54,34 +54,51 @@ pub fn measure_cell(cfg: &ExperimentConfig, float_map: Option<f64>) -> Result<Sw
     let run_dir = cfg.run_dir();
     let metrics_path = run_dir.join("metrics.json");
     let metrics: RunMetrics = serde_json::from_str(
-        &std::fs::read_to_string(&metrics_path).with_context(|| format!("reading {}", metrics_path.display()))?,
+        &std::fs::read_to_string(&metrics_path)
+            .with_context(|| format!("reading {}", metrics_path.display()))?,
     )
     .with_context(|| format!("{} is not a metrics file", metrics_path.display()))?;
 
-    let mut model_cfg = cfg.clone();
-    model_cfg.train.init_from = None;
-    model_cfg.model.backbone_weights = None;
-    let classes = crate::data::voc::VocDataset::open(&cfg.data.root, &cfg.data.test_split, cfg.data.classes.as_deref())?
-        .classes
-        .len();
-    let (vs, model) = build_model(&model_cfg, classes, Device::Cpu)?;
+    let classes = crate::data::voc::VocDataset::open(
+        &cfg.data.root,
+        &cfg.data.test_split,
+        cfg.data.classes.as_deref(),
+    )?
+    .classes
+    .len();
+    let (vs, model) = build_model(cfg, classes, Device::Cpu, false)?;
     checkpoint::load_weights(&checkpoint::resolve_weights(&run_dir)?, &vs)?;
 
     let spec = cfg.quant_spec()?;
-    let total_params: i64 = vs.variables().values().map(Tensor::numel).map(|n| n as i64).sum();
+    let total_params: i64 = vs
+        .variables()
+        .values()
+        .map(Tensor::numel)
+        .map(|n| n as i64)
+        .sum();
     let mut storage: u64 = 0;
     let mut quantized_params: i64 = 0;
     let mut ratios = Vec::new();
     model.registry.with_layers(|layers| -> Result<()> {
         for layer in layers {
-            let Some(layer_spec) = layer.spec else { continue };
+            let Some(layer_spec) = layer.spec else {
+                continue;
+            };
             let numel = layer.weight.numel() as i64;
             quantized_params += numel;
             storage += storage_bytes(numel as u64, layer_spec.bits);
             let error = |s: &QuantSpec| -> f64 {
-                tch::no_grad(|| (quantize(&layer.weight, s) - &layer.weight).square().mean(Kind::Double).double_value(&[]))
+                tch::no_grad(|| {
+                    (quantize(&layer.weight, s) - &layer.weight)
+                        .square()
+                        .mean(Kind::Double)
+                        .double_value(&[])
+                })
             };
-            let optimum = error(&QuantSpec { method: Method::Exact, ..layer_spec });
+            let optimum = error(&QuantSpec {
+                method: Method::Exact,
+                ..layer_spec
+            });
             let own = error(&layer_spec);
             ratios.push(if optimum > 0.0 { own / optimum } else { 1.0 });
         }
@@ -91,13 +108,16 @@ pub fn measure_cell(cfg: &ExperimentConfig, float_map: Option<f64>) -> Result<Sw
     let float_bytes = 4 * total_params as u64;
     Ok(SweepRow {
         bits: cfg.quant.bits,
-        method: spec.map(|s| s.method.name().to_string()).unwrap_or_else(|| "float".into()),
+        method: spec
+            .map(|s| s.method.name().to_string())
+            .unwrap_or_else(|| "float".into()),
         c: spec.filter(|s| s.method == Method::Lbw).map(|s| s.c),
         map: metrics.map,
         delta_map: float_map.map(|f| metrics.map - f).unwrap_or(0.0),
         storage_bytes: storage,
         compression: float_bytes as f64 / storage as f64,
-        error_vs_exact: (!ratios.is_empty()).then(|| ratios.iter().sum::<f64>() / ratios.len() as f64),
+        error_vs_exact: (!ratios.is_empty())
+            .then(|| ratios.iter().sum::<f64>() / ratios.len() as f64),
         iterations: metrics.iterations,
         train_seconds: metrics.train_seconds,
         run_dir,
@@ -130,7 +150,9 @@ impl SweepTable {
                 r.delta_map,
                 format_bytes(r.storage_bytes),
                 r.compression,
-                r.error_vs_exact.map(|e| format!("{e:.3}")).unwrap_or_else(|| "-".into()),
+                r.error_vs_exact
+                    .map(|e| format!("{e:.3}"))
+                    .unwrap_or_else(|| "-".into()),
                 r.iterations,
                 r.train_seconds
             );
@@ -146,10 +168,13 @@ impl SweepTable {
         bits.dedup();
         bits.iter()
             .filter_map(|&b| {
-                self.rows.iter().filter(|r| r.bits == b).fold(None, |best: Option<&SweepRow>, r| match best {
-                    Some(x) if x.map >= r.map => Some(x),
-                    _ => Some(r),
-                })
+                self.rows
+                    .iter()
+                    .filter(|r| r.bits == b)
+                    .fold(None, |best: Option<&SweepRow>, r| match best {
+                        Some(x) if x.map >= r.map => Some(x),
+                        _ => Some(r),
+                    })
             })
             .collect()
     }

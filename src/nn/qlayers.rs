@@ -24,7 +24,11 @@ pub struct RegisteredLayer {
 impl QuantRegistry {
     pub fn register(&self, name: String, weight: &Tensor, spec: Option<QuantSpec>) {
         let mut layers = self.layers.lock().expect("quant registry poisoned");
-        layers.push(RegisteredLayer { name, weight: weight.shallow_clone(), spec });
+        layers.push(RegisteredLayer {
+            name,
+            weight: weight.shallow_clone(),
+            spec,
+        });
     }
 
     /// Runs `f` over the registered layers, in registration order.
@@ -127,7 +131,11 @@ pub fn qconv2d(
     kernel: i64,
     cfg: nn::ConvConfig,
 ) -> QConv2d {
-    let weight = path.var("weight", &[c_out, c_in / cfg.groups, kernel, kernel], cfg.ws_init);
+    let weight = path.var(
+        "weight",
+        &[c_out, c_in / cfg.groups, kernel, kernel],
+        cfg.ws_init,
+    );
     let bias = cfg.bias.then(|| path.var("bias", &[c_out], cfg.bs_init));
     registry.register(path.path("weight"), &weight, spec);
     QConv2d {
@@ -177,7 +185,10 @@ pub fn qlinear(
     let bias = path.var(
         "bias",
         &[c_out],
-        init.bs_init.unwrap_or(nn::Init::Uniform { lo: -bound, up: bound }),
+        init.bs_init.unwrap_or(nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        }),
     );
     registry.register(path.path("weight"), &weight, spec);
     QLinear { weight, bias, spec }

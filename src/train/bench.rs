@@ -41,14 +41,26 @@ fn synthetic_batch(height: i64, width: i64, device: Device) -> (ImageBatch, Vec<
     let image = Tensor::randn([3, height, width], (Kind::Float, device));
     let (h, w) = (height as f32, width as f32);
     let boxes = Tensor::from_slice(&[
-        0.1 * w, 0.1 * h, 0.4 * w, 0.5 * h, //
-        0.5 * w, 0.2 * h, 0.9 * w, 0.7 * h, //
-        0.3 * w, 0.6 * h, 0.6 * w, 0.95 * h,
+        0.1 * w,
+        0.1 * h,
+        0.4 * w,
+        0.5 * h, //
+        0.5 * w,
+        0.2 * h,
+        0.9 * w,
+        0.7 * h, //
+        0.3 * w,
+        0.6 * h,
+        0.6 * w,
+        0.95 * h,
     ])
     .view([3, 4])
     .to_device(device);
     let labels = Tensor::from_slice(&[1i64, 2, 3]).to_device(device);
-    (ImageBatch::new(&[image], vec![1.0]), vec![ImageTarget { boxes, labels }])
+    (
+        ImageBatch::new(&[image], vec![1.0]),
+        vec![ImageTarget { boxes, labels }],
+    )
 }
 
 /// Times `repeats` training steps of `cfg`'s model in float and at `bits` (lbw, default
@@ -71,7 +83,7 @@ pub fn bench_train_step(
     let (batch, targets) = synthetic_batch(height, width, device);
     let mut runs = Vec::new();
     for c in [&float_cfg, &quant_cfg] {
-        let (vs, model) = build_model(c, num_classes, device)?;
+        let (vs, model) = build_model(c, num_classes, device, true)?;
         let sgd = Sgd::new(vs.variables(), 0.9, 1e-4);
         runs.push((vs, model, sgd));
     }

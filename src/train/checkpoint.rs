@@ -39,14 +39,21 @@ pub fn save(
     let stem = format!("iter_{:07}", state.iteration);
     state.weights = format!("{stem}.safetensors");
     let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    tensors.extend(momentum.iter().map(|(name, t)| (format!("{MOMENTUM_PREFIX}{name}"), t.shallow_clone())));
+    tensors.extend(
+        momentum
+            .iter()
+            .map(|(name, t)| (format!("{MOMENTUM_PREFIX}{name}"), t.shallow_clone())),
+    );
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let weights_path = dir.join(&state.weights);
     write_atomic_via_path(&weights_path, |tmp| {
         Tensor::write_safetensors(&tensors, tmp).map_err(Into::into)
     })?;
     let state_path = dir.join(format!("{stem}.json"));
-    write_atomic(&state_path, serde_json::to_string_pretty(&state)?.as_bytes())?;
+    write_atomic(
+        &state_path,
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
     prune(&dir)?;
     Ok(state_path)
 }
@@ -61,7 +68,9 @@ fn committed(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| e == "json")
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("iter_"))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("iter_"))
         })
         .collect();
     states.sort();

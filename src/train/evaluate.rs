@@ -30,7 +30,11 @@ pub fn evaluate_model(
     for sample in Loader::new(dataset.clone(), loader_cfg, 0, Some(count))? {
         let sample = sample?;
         let batch = ImageBatch::new(&[sample.image.to_device(device)], vec![sample.scale]);
-        let dets = model.detect(&batch, eval).into_iter().next().context("detector returned no image")?;
+        let dets = model
+            .detect(&batch, eval)
+            .into_iter()
+            .next()
+            .context("detector returned no image")?;
         let boxes = Vec::<Vec<f32>>::try_from(dets.boxes.to_device(Device::Cpu))?;
         let scores = Vec::<f32>::try_from(dets.scores.to_device(Device::Cpu))?;
         let labels = Vec::<i64>::try_from(dets.labels.to_device(Device::Cpu))?;
@@ -38,14 +42,28 @@ pub fn evaluate_model(
         let mut image_dets = Vec::new();
         for ((b, score), label) in boxes.iter().zip(scores).zip(labels) {
             // Network-input 0-based pixels → original 1-based VOC pixels (py-faster-rcnn).
-            let to_voc = |v: f32, limit: u32| (v / sample.scale as f32 + 1.0).clamp(1.0, limit as f32);
-            let bbox = [to_voc(b[0], width), to_voc(b[1], height), to_voc(b[2], width), to_voc(b[3], height)];
-            let det = Detection { image_id: sample.id.clone(), score, bbox };
+            let to_voc =
+                |v: f32, limit: u32| (v / sample.scale as f32 + 1.0).clamp(1.0, limit as f32);
+            let bbox = [
+                to_voc(b[0], width),
+                to_voc(b[1], height),
+                to_voc(b[2], width),
+                to_voc(b[3], height),
+            ];
+            let det = Detection {
+                image_id: sample.id.clone(),
+                score,
+                bbox,
+            };
             image_dets.push((label as usize, det.clone()));
             per_class[label as usize - 1].push(det);
         }
         if drawn < save_images {
-            let out = dets_dir.parent().unwrap_or(dets_dir).join("images").join(format!("{}.png", sample.id));
+            let out = dets_dir
+                .parent()
+                .unwrap_or(dets_dir)
+                .join("images")
+                .join(format!("{}.png", sample.id));
             draw_boxes(&dataset, sample.index, &image_dets, &out)?;
             drawn += 1;
         }
@@ -56,9 +74,16 @@ pub fn evaluate_model(
 }
 
 /// Ground truth in green, detections with score >= 0.5 in red.
-fn draw_boxes(dataset: &VocDataset, index: usize, dets: &[(usize, Detection)], out: &Path) -> Result<()> {
+fn draw_boxes(
+    dataset: &VocDataset,
+    index: usize,
+    dets: &[(usize, Detection)],
+    out: &Path,
+) -> Result<()> {
     let path = dataset.image_path(index);
-    let mut image = image::open(&path).with_context(|| format!("reading image {}", path.display()))?.to_rgb8();
+    let mut image = image::open(&path)
+        .with_context(|| format!("reading image {}", path.display()))?
+        .to_rgb8();
     for object in &dataset.annotations[index].objects {
         draw_rectangle(&mut image, object.bbox, [40, 220, 40]);
     }
@@ -66,7 +91,9 @@ fn draw_boxes(dataset: &VocDataset, index: usize, dets: &[(usize, Detection)], o
         draw_rectangle(&mut image, det.bbox, [230, 30, 30]);
     }
     crate::fsutil::write_atomic_with(out, |file| {
-        image.write_to(file, image::ImageFormat::Png).map_err(Into::into)
+        image
+            .write_to(file, image::ImageFormat::Png)
+            .map_err(Into::into)
     })
 }
 
@@ -75,7 +102,12 @@ fn draw_rectangle(image: &mut image::RgbImage, bbox: [f32; 4], color: [u8; 3]) {
     let (w, h) = (image.width() as i64, image.height() as i64);
     let clamp_x = |v: f32| (v.round() as i64 - 1).clamp(0, w - 1);
     let clamp_y = |v: f32| (v.round() as i64 - 1).clamp(0, h - 1);
-    let (x1, y1, x2, y2) = (clamp_x(bbox[0]), clamp_y(bbox[1]), clamp_x(bbox[2]), clamp_y(bbox[3]));
+    let (x1, y1, x2, y2) = (
+        clamp_x(bbox[0]),
+        clamp_y(bbox[1]),
+        clamp_x(bbox[2]),
+        clamp_y(bbox[3]),
+    );
     let mut put = |x: i64, y: i64| {
         if (0..w).contains(&x) && (0..h).contains(&y) {
             image.put_pixel(x as u32, y as u32, image::Rgb(color));

@@ -3,7 +3,11 @@
 use crate::config::TrainConfig;
 
 pub fn learning_rate(cfg: &TrainConfig, iteration: usize) -> f64 {
-    let decays = cfg.lr_steps.iter().filter(|&&step| iteration >= step).count();
+    let decays = cfg
+        .lr_steps
+        .iter()
+        .filter(|&&step| iteration >= step)
+        .count();
     let mut lr = cfg.lr * cfg.gamma.powi(decays as i32);
     if iteration < cfg.warmup_iterations {
         let progress = iteration as f64 / cfg.warmup_iterations as f64;

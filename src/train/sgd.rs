@@ -23,11 +23,20 @@ impl Sgd {
         let mut params: Vec<Param> = variables
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
-            .map(|(name, tensor)| Param { decay: tensor.dim() > 1, name, tensor, momentum: None })
+            .map(|(name, tensor)| Param {
+                decay: tensor.dim() > 1,
+                name,
+                tensor,
+                momentum: None,
+            })
             .collect();
         // A fixed order makes updates and checkpoints deterministic.
         params.sort_by(|a, b| a.name.cmp(&b.name));
-        Self { params, momentum, weight_decay }
+        Self {
+            params,
+            momentum,
+            weight_decay,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -42,8 +51,12 @@ impl Sgd {
     /// Scales the gradients so their global L2 norm is at most `max_norm`; returns the
     /// norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> =
-            self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
@@ -70,8 +83,11 @@ impl Sgd {
                 if !grad.defined() {
                     continue;
                 }
-                let direction =
-                    if p.decay && self.weight_decay != 0.0 { &grad + &p.tensor * self.weight_decay } else { grad };
+                let direction = if p.decay && self.weight_decay != 0.0 {
+                    &grad + &p.tensor * self.weight_decay
+                } else {
+                    grad
+                };
                 let buf = match p.momentum.take() {
                     Some(mut buf) => {
                         let _ = buf.g_mul_scalar_(self.momentum).g_add_(&direction);
@@ -89,7 +105,11 @@ impl Sgd {
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.params
             .iter()
-            .filter_map(|p| p.momentum.as_ref().map(|m| (p.name.clone(), m.shallow_clone())))
+            .filter_map(|p| {
+                p.momentum
+                    .as_ref()
+                    .map(|m| (p.name.clone(), m.shallow_clone()))
+            })
             .collect()
     }
 
@@ -122,9 +142,14 @@ mod tests {
 
     #[test]
     fn matches_the_pytorch_update_rule() {
-        let w = Tensor::from_slice(&[1.0f32, -2.0]).view([1, 2]).set_requires_grad(true);
+        let w = Tensor::from_slice(&[1.0f32, -2.0])
+            .view([1, 2])
+            .set_requires_grad(true);
         let b = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
-        let vars = HashMap::from([("w".to_string(), w.shallow_clone()), ("b".to_string(), b.shallow_clone())]);
+        let vars = HashMap::from([
+            ("w".to_string(), w.shallow_clone()),
+            ("b".to_string(), b.shallow_clone()),
+        ]);
         let mut sgd = Sgd::new(vars, 0.9, 0.1);
         for _ in 0..2 {
             sgd.zero_grad();
@@ -142,8 +167,11 @@ mod tests {
         assert_eq!(state.len(), 2);
         let w2 = Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let b2 = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut restored =
-            Sgd::new(HashMap::from([("w".to_string(), w2), ("b".to_string(), b2)]), 0.9, 0.1);
+        let mut restored = Sgd::new(
+            HashMap::from([("w".to_string(), w2), ("b".to_string(), b2)]),
+            0.9,
+            0.1,
+        );
         restored.load_state(state).unwrap();
         assert_eq!(restored.state().len(), 2);
     }

@@ -72,28 +72,24 @@ fn interrupted() -> &'static AtomicBool {
     })
 }
 
-/// A model with its variables on `device`, optionally initialized from pretrained
-/// backbone weights (frozen layers set) and from another run's checkpoint.
-pub fn build_model(cfg: &ExperimentConfig, num_classes: usize, device: Device) -> Result<(VarStore, FasterRcnn)> {
-    let mut vs = VarStore::new(device);
+/// A model with its variables on `device`. With `initialize`, pretrained backbone weights
+/// and `train.init_from` are loaded (a resumed run or an evaluation loads its checkpoint
+/// instead). Layers a pretrained backbone keeps fixed are frozen either way.
+pub fn build_model(
+    cfg: &ExperimentConfig,
+    num_classes: usize,
+    device: Device,
+    initialize: bool,
+) -> Result<(VarStore, FasterRcnn)> {
+    let vs = VarStore::new(device);
     let model = FasterRcnn::new(&vs.root(), cfg, num_classes)?;
     if let Some(weights) = &cfg.model.backbone_weights {
-        let report = crate::nn::weights::load_by_name(&mut vs, weights, "backbone.")?;
-        tracing::info!(
-            "backbone weights {}: {} loaded, {} missing, {} unused",
-            weights.display(),
-            report.loaded.len(),
-            report.missing.len(),
-            report.unused.len()
-        );
-        for (name, var) in vs.variables() {
-            let frozen = model.frozen_prefixes.iter().any(|p| name.starts_with(&format!("backbone.{p}")));
-            if frozen {
-                let _ = var.set_requires_grad(false);
-            }
+        if initialize {
+            crate::nn::weights::load_by_name(&vs, weights, "backbone.")?;
         }
+        crate::nn::weights::freeze_by_prefix(&vs, &model.frozen_prefixes);
     }
-    if let Some(init) = &cfg.train.init_from {
+    if let (true, Some(init)) = (initialize, &cfg.train.init_from) {
         let weights = checkpoint::resolve_weights(init)?;
         checkpoint::load_weights(&weights, &vs)?;
         tracing::info!("initialized from {}", weights.display());
@@ -111,8 +107,9 @@ fn seed_iteration(seed: u64, iteration: usize) {
 pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, EvalReport)> {
     let (cfg, run_dir, resume_state) = match resume {
         Some(dir) => {
-            let state_path = checkpoint::latest(dir)?
-                .with_context(|| format!("--resume {}: no finished checkpoint there", dir.display()))?;
+            let state_path = checkpoint::latest(dir)?.with_context(|| {
+                format!("--resume {}: no finished checkpoint there", dir.display())
+            })?;
             let state = checkpoint::read_state(&state_path)?;
             let cfg = ExperimentConfig::from_yaml_str(&state.config_yaml, &[], &state_path)?;
             (cfg, dir.to_path_buf(), Some(state))
@@ -123,7 +120,11 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
     ensure_synthetic(&cfg.data)?;
     let device = select_device(cfg.train.device)?;
     let classes = cfg.data.classes.as_deref();
-    let train_set = Arc::new(VocDataset::open(&cfg.data.root, &cfg.data.train_split, classes)?);
+    let train_set = Arc::new(VocDataset::open(
+        &cfg.data.root,
+        &cfg.data.train_split,
+        classes,
+    )?);
     let num_classes = train_set.classes.len();
     tracing::info!(
         "training {} on {} ({} images, {} classes), {} on {:?}",
@@ -135,20 +136,21 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
         device
     );
 
-    let mut init_cfg = cfg.clone();
-    if resume_state.is_some() {
-        // The checkpoint already holds the initialized weights.
-        init_cfg.train.init_from = None;
-        init_cfg.model.backbone_weights = None;
-    }
-    let (vs, model) = build_model(&init_cfg, num_classes, device)?;
+    // A resumed run's checkpoint already holds the initialized weights.
+    let (vs, model) = build_model(&cfg, num_classes, device, resume_state.is_none())?;
     let mut sgd = Sgd::new(vs.variables(), cfg.train.momentum, cfg.train.weight_decay);
     let (start, mut train_seconds) = match &resume_state {
         Some(state) => {
-            let momentum =
-                checkpoint::load_weights(&checkpoint::checkpoint_dir(&run_dir).join(&state.weights), &vs)?;
+            let momentum = checkpoint::load_weights(
+                &checkpoint::checkpoint_dir(&run_dir).join(&state.weights),
+                &vs,
+            )?;
             sgd.load_state(momentum)?;
-            tracing::info!("resumed {} at iteration {}", run_dir.display(), state.iteration);
+            tracing::info!(
+                "resumed {} at iteration {}",
+                run_dir.display(),
+                state.iteration
+            );
             (state.iteration, state.train_seconds)
         }
         None => {
@@ -185,7 +187,10 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
             let sample = loader.next().context("training data loader ended")??;
             images.push(sample.image.to_device(device));
             scales.push(sample.scale);
-            targets.push(ImageTarget { boxes: sample.boxes.to_device(device), labels: sample.labels.to_device(device) });
+            targets.push(ImageTarget {
+                boxes: sample.boxes.to_device(device),
+                labels: sample.labels.to_device(device),
+            });
         }
         let batch = ImageBatch::new(&images, scales);
         let losses = model.losses(&batch, &targets);
@@ -205,8 +210,11 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
         let done = iteration + 1;
         progress.set_position(done as u64);
         if done % t.log_interval.max(1) == 0 || done == t.iterations {
-            let terms: Vec<String> =
-                losses.values().iter().map(|(name, v)| format!("{name} {v:.3}")).collect();
+            let terms: Vec<String> = losses
+                .values()
+                .iter()
+                .map(|(name, v)| format!("{name} {v:.3}"))
+                .collect();
             let message = format!("loss {total_value:.3} ({}) lr {lr:.2e}", terms.join(", "));
             progress.set_message(message.clone());
             progress.suspend(|| tracing::info!("iter {done}/{}: {message}", t.iterations));
@@ -229,19 +237,41 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
     progress.finish_and_clear();
     drop(loader);
 
-    let test_set = Arc::new(VocDataset::open(&cfg.data.root, &cfg.data.test_split, Some(&train_set.classes))?);
-    let report = evaluate_model(&model, test_set, &cfg.data, &cfg.eval, device, &run_dir.join("detections"), 0)?;
+    let test_set = Arc::new(VocDataset::open(
+        &cfg.data.root,
+        &cfg.data.test_split,
+        Some(&train_set.classes),
+    )?);
+    let report = evaluate_model(
+        &model,
+        test_set,
+        &cfg.data,
+        &cfg.eval,
+        device,
+        &run_dir.join("detections"),
+        0,
+    )?;
     let images = (t.iterations * t.batch_size) as f64;
     let metrics = Metrics {
         map: report.map,
         metric: cfg.eval.metric.name().to_string(),
         ap: report.to_json()["ap"].clone(),
         bits: cfg.quant.bits,
-        method: if cfg.quant.is_float() { "float".into() } else { cfg.quant.method.name().into() },
-        c: cfg.effective_c().filter(|_| cfg.quant.method == crate::quant::Method::Lbw),
+        method: if cfg.quant.is_float() {
+            "float".into()
+        } else {
+            cfg.quant.method.name().into()
+        },
+        c: cfg
+            .effective_c()
+            .filter(|_| cfg.quant.method == crate::quant::Method::Lbw),
         iterations: t.iterations,
         train_seconds,
-        images_per_second: if train_seconds > 0.0 { images / train_seconds } else { 0.0 },
+        images_per_second: if train_seconds > 0.0 {
+            images / train_seconds
+        } else {
+            0.0
+        },
         run_dir: run_dir.clone(),
     };
     write_results(&run_dir, &metrics, &report)?;
@@ -250,7 +280,10 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
 
 /// `metrics.json` and `summary.md` in the run directory.
 pub fn write_results(run_dir: &Path, metrics: &Metrics, report: &EvalReport) -> Result<()> {
-    write_atomic(&run_dir.join("metrics.json"), serde_json::to_string_pretty(metrics)?.as_bytes())?;
+    write_atomic(
+        &run_dir.join("metrics.json"),
+        serde_json::to_string_pretty(metrics)?.as_bytes(),
+    )?;
     let summary = format!(
         "# {}\n\n- bits: {} ({}{})\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}",
         run_dir.display(),
