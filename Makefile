@@ -52,8 +52,13 @@ test: setup
 	cargo build --release
 	cargo test --release -- --test-threads=2
 
+# Medians of repeated runs in one process, each against its own baseline.
 bench: build
 	cargo bench --bench lbwnet_bench
+	$(BIN) bench loader --config $(CONFIG)
+	$(BIN) bench train-step --config $(CONFIG) --size 240x320 --repeats 20
+	$(BIN) bench train-step --config configs/voc07_resnet50.yaml --set model.backbone_weights=null \
+	  --size 600x1000 --repeats 3
 
 lint: setup
 	cargo fmt --all -- --check

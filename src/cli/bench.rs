@@ -1,6 +1,7 @@
 //! `lbwnet bench <target>`: benchmarks, one subcommand per target.
+use super::ConfigArgs;
 use crate::quant::bench::{bench_quantizers, BenchOptions};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args, Debug)]
@@ -14,6 +15,40 @@ pub enum BenchTarget {
     /// Every quantizer on a ResNet-50-shaped set of weight tensors (25.5M weights),
     /// against a plain copy and one sort of the same tensors.
     Quantize(QuantizeBenchArgs),
+    /// Loader throughput (decode, resize, normalize on background threads) in images/s.
+    Loader(LoaderBenchArgs),
+    /// Median training-step time in float and at b bits, and their ratio.
+    TrainStep(TrainStepBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LoaderBenchArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Images to load.
+    #[arg(long, default_value_t = 400)]
+    pub images: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainStepBenchArgs {
+    /// The model comes from this config (backbone, RPN and RoI settings).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Input image size, HEIGHTxWIDTH (600x1000 is the VOC scale).
+    #[arg(long, default_value = "240x320")]
+    pub size: String,
+    /// Quantized bit-width compared with float (lbw, default c).
+    #[arg(long, default_value_t = 6)]
+    pub bits: u32,
+    /// Timed steps per model (after one warm-up), alternating float and quantized.
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+    pub device: BenchDevice,
+    /// Print the result as one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -40,7 +75,72 @@ pub enum BenchDevice {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.target {
         BenchTarget::Quantize(args) => run_quantize(args),
+        BenchTarget::Loader(args) => run_loader(args),
+        BenchTarget::TrainStep(args) => run_train_step(args),
     }
+}
+
+fn run_loader(args: LoaderBenchArgs) -> Result<()> {
+    let cfg = args.config.load()?;
+    cfg.check_data_path()?;
+    crate::data::synthetic::ensure_synthetic(&cfg.data)?;
+    let dataset = std::sync::Arc::new(crate::data::voc::VocDataset::open(
+        &cfg.data.root,
+        &cfg.data.train_split,
+        cfg.data.classes.as_deref(),
+    )?);
+    let loader_cfg = crate::data::loader::LoaderConfig::from_data_config(&cfg.data, true, 0);
+    let threads = loader_cfg.threads;
+    let rate = crate::data::loader::bench_loader(dataset, loader_cfg, args.images)?;
+    println!(
+        "loader: {rate:.1} images/s ({} images of {}, {threads} decoding thread(s), min_size {}, max_size {})",
+        args.images,
+        cfg.data.root.display(),
+        cfg.data.min_size,
+        cfg.data.max_size
+    );
+    Ok(())
+}
+
+fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
+    let cfg = args.config.load()?;
+    let (height, width) = args
+        .size
+        .split_once('x')
+        .and_then(|(h, w)| Some((h.parse::<i64>().ok()?, w.parse::<i64>().ok()?)))
+        .filter(|&(h, w)| h > 0 && w > 0)
+        .with_context(|| format!("--size {}: expected HEIGHTxWIDTH, e.g. 600x1000", args.size))?;
+    let device = bench_device(args.device)?;
+    let timing = crate::train::bench::bench_train_step(
+        &cfg,
+        args.bits,
+        height,
+        width,
+        args.repeats,
+        device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&timing)?);
+    } else {
+        println!(
+            "train step, {} {}x{} on {:?}: float {:.1} ms, {}-bit {:.1} ms, ratio {:.3} (medians of {})",
+            timing.model, height, width, device, timing.float_ms, timing.bits, timing.quantized_ms, timing.ratio, timing.repeats
+        );
+    }
+    Ok(())
+}
+
+fn bench_device(choice: BenchDevice) -> Result<tch::Device> {
+    Ok(match choice {
+        BenchDevice::Cpu => tch::Device::Cpu,
+        BenchDevice::Cuda => {
+            ensure!(
+                tch::Cuda::is_available(),
+                "--device cuda: no CUDA device is available"
+            );
+            tch::Device::Cuda(0)
+        }
+    })
 }
 
 fn run_quantize(args: QuantizeBenchArgs) -> Result<()> {
@@ -50,16 +150,7 @@ fn run_quantize(args: QuantizeBenchArgs) -> Result<()> {
         "--bits {} is not allowed; use 2..=8",
         args.bits
     );
-    let device = match args.device {
-        BenchDevice::Cpu => tch::Device::Cpu,
-        BenchDevice::Cuda => {
-            ensure!(
-                tch::Cuda::is_available(),
-                "--device cuda: no CUDA device is available"
-            );
-            tch::Device::Cuda(0)
-        }
-    };
+    let device = bench_device(args.device)?;
     let options = BenchOptions {
         repeats: args.repeats,
         bits: args.bits,
