@@ -6,7 +6,7 @@
 //! `(seed, epoch)`, and the flip comes from a hash of `(seed, p)`. A training run resumed
 //! at iteration `p` therefore sees exactly the data it would have seen without stopping.
 use super::transforms::{
-    decode_rgb, flip_boxes, normalize_chw, resize, resize_scale, scaled_size, voc_to_pixel_box,
+    decode_rgb, flip_boxes, resize_normalize_into, resize_scale, scaled_size, voc_to_pixel_box,
 };
 use super::voc::VocDataset;
 use crate::config::{DataConfig, Normalization};
@@ -19,7 +19,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// One image ready for the detector.
 #[derive(Debug)]
@@ -104,10 +104,6 @@ pub fn load_sample(
     }
     let scale = resize_scale(width, height, cfg.min_size, cfg.max_size);
     let (new_width, new_height) = scaled_size(width, height, scale);
-    let mut image = resize(image, new_width, new_height);
-    if flip {
-        image::imageops::flip_horizontal_in_place(&mut image);
-    }
     let kept: Vec<_> = annotation
         .objects
         .iter()
@@ -125,11 +121,13 @@ pub fn load_sample(
         .collect();
     let labels: Vec<i64> = kept.iter().map(|o| o.class_index as i64 + 1).collect();
     let difficult: Vec<bool> = kept.iter().map(|o| o.difficult).collect();
-    let pixels = normalize_chw(&image, cfg.normalization);
+    let image = filled_f32_tensor(&[3, new_height as i64, new_width as i64], |out| {
+        resize_normalize_into(&image, new_width, new_height, flip, cfg.normalization, out)
+    })?;
     Ok(Sample {
         index,
         id: annotation.id.clone(),
-        image: Tensor::f_from_slice(&pixels)?.f_view([3, new_height as i64, new_width as i64])?,
+        image,
         boxes: Tensor::f_from_slice(&flat)?.f_view([kept.len() as i64, 4])?,
         labels: Tensor::f_from_slice(&labels)?,
         difficult: Tensor::f_from_slice(&difficult)?,
@@ -137,6 +135,19 @@ pub fn load_sample(
         flipped: flip,
         orig_size: (width, height),
     })
+}
+
+/// A new CPU f32 tensor of `shape`, written by `fill`. Unlike `Tensor::from_slice`, this
+/// runs no libtorch zero-fill: that is an OpenMP parallel region per call, which costs
+/// milliseconds when the cores are busy and oversubscribes them from loader threads.
+fn filled_f32_tensor(shape: &[i64], fill: impl FnOnce(&mut [f32])) -> Result<Tensor> {
+    let tensor = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
+    let len = tensor.numel();
+    // SAFETY: the tensor was just allocated, contiguous, f32 on the CPU, with `len`
+    // elements, and nothing else refers to its memory while the slice lives.
+    let data = unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, len) };
+    fill(data);
+    Ok(tensor)
 }
 
 /// Which image and flip each position gets.

@@ -1,9 +1,13 @@
 //! Image and box transforms of the detector's input (SPEC §2): decode to RGB, resize the
 //! shorter side to `min_size` with the longer side capped at `max_size`, horizontal flip,
 //! and pixel normalization into a CHW float buffer.
+//!
+//! Resizing is bilinear with half-pixel centres and no antialiasing, as
+//! `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` (torchvision's
+//! detection transform) and cv2's `INTER_LINEAR` (py-faster-rcnn). It is fused with the
+//! flip and the normalization into one pass that writes the float output directly.
 use crate::config::Normalization;
 use anyhow::{Context, Result};
-use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::Path;
 
@@ -43,14 +47,6 @@ pub fn scaled_size(width: u32, height: u32, scale: f64) -> (u32, u32) {
     (side(width), side(height))
 }
 
-/// Bilinear (triangle-filter) resize; returns the input unchanged when the size is equal.
-pub fn resize(image: RgbImage, width: u32, height: u32) -> RgbImage {
-    if image.dimensions() == (width, height) {
-        return image;
-    }
-    image::imageops::resize(&image, width, height, FilterType::Triangle)
-}
-
 /// Mirrors 0-based pixel boxes `[x1, y1, x2, y2]` of an image `width` pixels wide, as
 /// py-faster-rcnn: `x1' = width - 1 - x2`, `x2' = width - 1 - x1`.
 pub fn flip_boxes(boxes: &mut [[f32; 4]], width: u32) {
@@ -67,25 +63,60 @@ pub fn voc_to_pixel_box(bbox: [f32; 4]) -> [f32; 4] {
     bbox.map(|v| v - 1.0)
 }
 
-/// Normalized CHW float pixels: torchvision RGB `(v/255 - mean)/std`, or Caffe BGR
-/// `v - mean`.
-pub fn normalize_chw(image: &RgbImage, normalization: Normalization) -> Vec<f32> {
-    let plane = image.width() as usize * image.height() as usize;
-    let mut out = vec![0f32; 3 * plane];
+/// Bilinear taps along one axis: for each output index, the two source indices and the
+/// weight of the second (torch's `area_pixel_compute_source_index`, align_corners=False).
+fn axis_taps(input: u32, output: u32) -> Vec<(usize, usize, f32)> {
+    let ratio = input as f32 / output as f32;
+    let last = input as usize - 1;
+    (0..output)
+        .map(|d| {
+            let src = ((d as f32 + 0.5) * ratio - 0.5).max(0.0);
+            let i0 = (src as usize).min(last);
+            (i0, (i0 + 1).min(last), src - i0 as f32)
+        })
+        .collect()
+}
+
+/// Resizes `image` to `width` x `height` (bilinear), mirrors it when `flip`, and writes
+/// normalized CHW floats to `out` (`3 * width * height` values): torchvision RGB
+/// `(v/255 - mean)/std`, or Caffe BGR `v - mean`.
+pub fn resize_normalize_into(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    flip: bool,
+    normalization: Normalization,
+    out: &mut [f32],
+) {
+    let plane = width as usize * height as usize;
+    assert_eq!(out.len(), 3 * plane, "output buffer size");
+    let mut xs = axis_taps(image.width(), width);
+    if flip {
+        xs.reverse();
+    }
+    let ys = axis_taps(image.height(), height);
     // Per output channel: which RGB source channel, then out = v * mul + add.
-    let channel_map: [(usize, f32, f32); 3] = match normalization {
+    let channels: [(usize, f32, f32); 3] = match normalization {
         Normalization::Torchvision => std::array::from_fn(|c| {
             let mul = 1.0 / (255.0 * TORCHVISION_STD[c]);
             (c, mul, -TORCHVISION_MEAN[c] / TORCHVISION_STD[c])
         }),
         Normalization::Caffe => std::array::from_fn(|c| (2 - c, 1.0, -CAFFE_BGR_MEAN[c])),
     };
-    for (i, px) in image.pixels().enumerate() {
-        for (c, &(src, mul, add)) in channel_map.iter().enumerate() {
-            out[c * plane + i] = px.0[src] as f32 * mul + add;
+    let raw = image.as_raw();
+    let stride = 3 * image.width() as usize;
+    for (y, &(y0, y1, wy)) in ys.iter().enumerate() {
+        let (top, bottom) = (&raw[y0 * stride..][..stride], &raw[y1 * stride..][..stride]);
+        for (c, &(src, mul, add)) in channels.iter().enumerate() {
+            let row = &mut out[c * plane + y * width as usize..][..width as usize];
+            for (value, &(x0, x1, wx)) in row.iter_mut().zip(&xs) {
+                let at = |line: &[u8], x: usize| line[3 * x + src] as f32;
+                let upper = (1.0 - wx) * at(top, x0) + wx * at(top, x1);
+                let lower = (1.0 - wx) * at(bottom, x0) + wx * at(bottom, x1);
+                *value = ((1.0 - wy) * upper + wy * lower) * mul + add;
+            }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -111,19 +142,48 @@ mod tests {
         assert_eq!(b, [[6.0, 2.0, 9.0, 4.0], [0.0, 0.0, 4.0, 1.0]]);
     }
 
+    fn run(image: &RgbImage, w: u32, h: u32, flip: bool, norm: Normalization) -> Vec<f32> {
+        let mut out = vec![0f32; 3 * (w * h) as usize];
+        resize_normalize_into(image, w, h, flip, norm, &mut out);
+        out
+    }
+
     #[test]
     fn normalization_matches_both_conventions() {
         let img = RgbImage::from_fn(2, 1, |x, _| {
             image::Rgb(if x == 0 { [255, 0, 10] } else { [0, 128, 255] })
         });
-        let tv = normalize_chw(&img, Normalization::Torchvision);
-        let expect_r0 = (1.0 - 0.485) / 0.229;
-        assert!((tv[0] - expect_r0).abs() < 1e-5);
+        let tv = run(&img, 2, 1, false, Normalization::Torchvision);
+        assert!((tv[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
         assert!((tv[2 + 1] - (128.0 / 255.0 - 0.456) / 0.224).abs() < 1e-5);
-        let caffe = normalize_chw(&img, Normalization::Caffe);
+        let caffe = run(&img, 2, 1, false, Normalization::Caffe);
         // Channel 0 is blue.
         assert_eq!(caffe[0], 10.0 - 102.9801);
         assert_eq!(caffe[1], 255.0 - 102.9801);
         assert_eq!(caffe[4], 255.0 - 122.7717);
+        let flipped = run(&img, 2, 1, true, Normalization::Caffe);
+        assert_eq!((flipped[0], flipped[1]), (caffe[1], caffe[0]));
+    }
+
+    #[test]
+    fn bilinear_uses_half_pixel_centres() {
+        // A 2x1 ramp 0..100 upscaled to 4x2: torch gives 0, 25, 75, 100 on every row.
+        let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([100 * x as u8 + 102, 0, 0]));
+        let caffe = run(&img, 4, 2, false, Normalization::Caffe);
+        let red: Vec<f32> = caffe[16..].iter().map(|v| v + 122.7717 - 102.0).collect();
+        for (got, want) in red
+            .iter()
+            .zip([0.0, 25.0, 75.0, 100.0, 0.0, 25.0, 75.0, 100.0])
+        {
+            assert!((got - want).abs() < 1e-3, "{red:?}");
+        }
+        // Downscaling 4 -> 2 samples between source pixels 0|1 and 2|3.
+        let img = RgbImage::from_fn(4, 1, |x, _| {
+            image::Rgb([[0, 40, 80, 200][x as usize], 0, 0])
+        });
+        let caffe = run(&img, 2, 1, false, Normalization::Caffe);
+        assert!(
+            (caffe[4] + 122.7717 - 20.0).abs() < 1e-3 && (caffe[5] + 122.7717 - 140.0).abs() < 1e-3
+        );
     }
 }

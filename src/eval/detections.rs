@@ -5,13 +5,14 @@ use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// One detection of one class.
+/// One detection of one class. Values are f64 like numpy's, so scoring what a comp4 file
+/// says gives py-faster-rcnn's result even for an IoU that lands exactly on 0.5.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {
     pub image_id: String,
-    pub score: f32,
+    pub score: f64,
     /// xmin, ymin, xmax, ymax in the annotation's 1-based pixel coordinates.
-    pub bbox: [f32; 4],
+    pub bbox: [f64; 4],
 }
 
 /// `dir/comp4_det_<split>_<class>.txt`.
@@ -85,9 +86,9 @@ fn parse_line(line: &str) -> Result<Detection> {
             fields.len()
         );
     }
-    let mut values = [0f32; 5];
+    let mut values = [0f64; 5];
     for (value, text) in values.iter_mut().zip(numbers) {
-        *value = match text.parse::<f32>() {
+        *value = match text.parse::<f64>() {
             Ok(v) if v.is_finite() => v,
             _ => bail!("`{text}` is not a finite number"),
         };

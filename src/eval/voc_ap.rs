@@ -65,7 +65,7 @@ pub fn class_ap(
                 det.image_id
             );
         };
-        let (overlap, best) = best_overlap(det.bbox.map(f64::from), &gt.boxes);
+        let (overlap, best) = best_overlap(det.bbox, &gt.boxes);
         let (mut is_tp, mut is_fp) = (0.0, 0.0);
         if overlap > IOU_THRESHOLD {
             if !gt.difficult[best] {
