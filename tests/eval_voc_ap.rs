@@ -117,7 +117,11 @@ fn class_without_ground_truth_scores_zero_and_counts_in_the_mean() {
         ];
         let r = run(&images, &["x", "y"], dets, metric);
         // The 11-point sum of eleven 1/11 is 1.0000000000000002, in numpy too.
-        assert!(close(r.ap[0].1, 1.0) && r.ap[1] == ("y".to_string(), 0.0), "{:?}", r.ap);
+        assert!(
+            close(r.ap[0].1, 1.0) && r.ap[1] == ("y".to_string(), 0.0),
+            "{:?}",
+            r.ap
+        );
         assert_eq!(r.npos, vec![1, 0]);
         assert!(close(r.map, 0.5));
         let none = run(&images, &["x", "y"], vec![vec![], vec![]], metric);
