@@ -42,8 +42,9 @@ pub fn evaluate_model(
         let mut image_dets = Vec::new();
         for ((b, score), label) in boxes.iter().zip(scores).zip(labels) {
             // Network-input 0-based pixels → original 1-based VOC pixels (py-faster-rcnn).
-            let to_voc =
-                |v: f32, limit: u32| (v / sample.scale as f32 + 1.0).clamp(1.0, limit as f32);
+            let to_voc = |v: f32, limit: u32| {
+                (f64::from(v) / sample.scale + 1.0).clamp(1.0, f64::from(limit))
+            };
             let bbox = [
                 to_voc(b[0], width),
                 to_voc(b[1], height),
@@ -52,7 +53,7 @@ pub fn evaluate_model(
             ];
             let det = Detection {
                 image_id: sample.id.clone(),
-                score,
+                score: f64::from(score),
                 bbox,
             };
             image_dets.push((label as usize, det.clone()));
@@ -85,7 +86,7 @@ fn draw_boxes(
         .with_context(|| format!("reading image {}", path.display()))?
         .to_rgb8();
     for object in &dataset.annotations[index].objects {
-        draw_rectangle(&mut image, object.bbox, [40, 220, 40]);
+        draw_rectangle(&mut image, object.bbox.map(f64::from), [40, 220, 40]);
     }
     for (_, det) in dets.iter().filter(|(_, d)| d.score >= 0.5) {
         draw_rectangle(&mut image, det.bbox, [230, 30, 30]);
@@ -98,10 +99,10 @@ fn draw_boxes(
 }
 
 /// A two-pixel outline of a 1-based inclusive box.
-fn draw_rectangle(image: &mut image::RgbImage, bbox: [f32; 4], color: [u8; 3]) {
+fn draw_rectangle(image: &mut image::RgbImage, bbox: [f64; 4], color: [u8; 3]) {
     let (w, h) = (image.width() as i64, image.height() as i64);
-    let clamp_x = |v: f32| (v.round() as i64 - 1).clamp(0, w - 1);
-    let clamp_y = |v: f32| (v.round() as i64 - 1).clamp(0, h - 1);
+    let clamp_x = |v: f64| (v.round() as i64 - 1).clamp(0, w - 1);
+    let clamp_y = |v: f64| (v.round() as i64 - 1).clamp(0, h - 1);
     let (x1, y1, x2, y2) = (
         clamp_x(bbox[0]),
         clamp_y(bbox[1]),
