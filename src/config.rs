@@ -290,6 +290,9 @@ pub struct TrainConfig {
     pub output_dir: PathBuf,
     /// Gradient-norm clip (0: none); guards the first float iterations from scratch.
     pub clip_grad_norm: f64,
+    /// libtorch CPU threads (0: libtorch's default). Small models on few cores run
+    /// faster on one: thread barriers cost more than the work they split.
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -311,6 +314,7 @@ impl Default for TrainConfig {
             device: DeviceChoice::Auto,
             output_dir: PathBuf::from("runs"),
             clip_grad_norm: 0.0,
+            threads: 0,
         }
     }
 }

@@ -111,6 +111,7 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
         .filter(|&(h, w)| h > 0 && w > 0)
         .with_context(|| format!("--size {}: expected HEIGHTxWIDTH, e.g. 600x1000", args.size))?;
     let device = bench_device(args.device)?;
+    crate::train::trainer::configure_threads(cfg.train.threads);
     let timing = crate::train::bench::bench_train_step(
         &cfg,
         args.bits,

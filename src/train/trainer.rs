@@ -47,6 +47,13 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Applies `train.threads` to libtorch's CPU thread pool.
+pub fn configure_threads(threads: usize) {
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+}
+
 pub fn select_device(choice: DeviceChoice) -> Result<Device> {
     Ok(match choice {
         DeviceChoice::Auto => Device::cuda_if_available(),
@@ -119,6 +126,7 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
     cfg.check_paths()?;
     ensure_synthetic(&cfg.data)?;
     let device = select_device(cfg.train.device)?;
+    configure_threads(cfg.train.threads);
     let classes = cfg.data.classes.as_deref();
     let train_set = Arc::new(VocDataset::open(
         &cfg.data.root,
