@@ -125,7 +125,7 @@ fn radix_sort(keys: &mut Vec<u32>) {
     }
     let mut scratch = vec![0u32; keys.len()];
     for (pass, count) in counts.iter().enumerate() {
-        if count.iter().any(|&c| c == keys.len()) {
+        if count.contains(&keys.len()) {
             continue; // every key has the same digit here
         }
         let mut offsets = [0usize; RADIX];

@@ -63,16 +63,16 @@ pub const FLOAT_BITS: u32 = 32;
 
 /// LBW's default free parameter `c` per bit-width (SPEC §1.3): the single c minimizing
 /// the worst-case MSE ratio to the exact optimum over Gaussian, Laplace and Student-t
-/// weights of 500 to 500k entries. b = 3..=6 are SPEC's values; b = 2, 7 and 8 come from
-/// the same criterion (`tests/quant_default_c.rs` reproduces all of them).
+/// weights of 500 to 500k entries. b = 3..=6 are SPEC's values. b = 2, 7 and 8 follow
+/// the same criterion: 1.7 at 2 bits; 7 and 8 bits only add levels below `2^-15 alpha`,
+/// which leave the criterion unchanged, so they keep 6 bits' 7.2
+/// (`tests/quant_default_c.rs` shows both).
 pub fn default_c(bits: u32) -> Option<f64> {
     match bits {
-        2 => Some(1.0),
+        2 => Some(1.7),
         3 => Some(2.5),
         4 => Some(3.7),
-        5 | 6 => Some(7.2),
-        7 => Some(7.2),
-        8 => Some(7.2),
+        5..=8 => Some(7.2),
         _ => None,
     }
 }
