@@ -7,7 +7,7 @@ use tch::{Device, Tensor};
 
 /// Elements per parallel task: large enough to amortize a thread start, and fixed so
 /// block-wise reductions give the same result for any thread count.
-pub(crate) const BLOCK: usize = 1 << 16;
+const BLOCK: usize = 1 << 16;
 
 fn check_layout<T: Element>(t: &Tensor) {
     assert!(
@@ -44,7 +44,7 @@ pub(crate) fn slice_mut<T: Element>(t: &mut Tensor) -> &mut [T] {
 
 /// Runs `f` on every item, spreading contiguous runs of items over torch's intra-op
 /// threads; results come back in item order.
-pub(crate) fn run_parallel<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Vec<R> {
+fn run_parallel<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Vec<R> {
     let threads = (tch::get_num_threads().max(1) as usize).min(items.len());
     if threads <= 1 {
         return items.into_iter().map(f).collect();

@@ -9,8 +9,7 @@ use super::cpu;
 use tch::{Device, Kind, Tensor};
 
 /// The magnitudes a quantizer may use besides zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LevelSet {
     /// `{0, ±2^(1-n), …, ±1/2, ±1}`: code `±k` (k = 1..=n) is `±2^(k-n)`.
     PowersOfTwo { n: u32 },

@@ -20,12 +20,13 @@ fn quantize_cpu(w: &Tensor) -> Quantized {
     let w = w.contiguous();
     let values = cpu::slice::<f32>(&w);
     let (mut sum, mut best_score, mut best_alpha, mut threshold) = (0.0, 0.0, 0.0, f32::INFINITY);
-    for (count, &magnitude) in (1..).zip(cpu::sorted_magnitudes(values).iter().rev()) {
+    for (rank, &magnitude) in cpu::sorted_magnitudes(values).iter().rev().enumerate() {
+        let count = (rank + 1) as f64;
         sum += f64::from(magnitude);
-        let score = sum * sum / f64::from(count);
+        let score = sum * sum / count;
         if score > best_score {
             best_score = score;
-            best_alpha = sum / f64::from(count);
+            best_alpha = sum / count;
             threshold = magnitude;
         }
     }
