@@ -75,13 +75,32 @@ fn run_parallel<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> V
     })
 }
 
+/// Runs `kernel` compiled with AVX2 when the CPU has it (the crate builds for baseline
+/// x86-64, whose SSE2 vectors are half as wide), else as is. Kernels written as plain
+/// loops with selects vectorize either way.
+#[inline(always)]
+pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn with_avx2<R>(kernel: impl FnOnce() -> R) -> R {
+            kernel()
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { with_avx2(kernel) };
+        }
+    }
+    kernel()
+}
+
 /// `f` over the [`BLOCK`]-sized index ranges of `0..len`, in parallel, in block order.
 pub(crate) fn map_blocks<R: Send>(len: usize, f: impl Fn(Range<usize>) -> R + Sync) -> Vec<R> {
     let blocks = (0..len)
         .step_by(BLOCK)
         .map(|start| start..(start + BLOCK).min(len))
         .collect();
-    run_parallel(blocks, f)
+    run_parallel(blocks, |range| vectorized(|| f(range)))
 }
 
 /// `f(input block, output block)` over matching [`BLOCK`]-sized blocks, in parallel.
@@ -96,7 +115,7 @@ pub(crate) fn zip_blocks<A: Sync, B: Send>(
         "kernel input and output lengths differ"
     );
     let pairs: Vec<(&[A], &mut [B])> = input.chunks(BLOCK).zip(output.chunks_mut(BLOCK)).collect();
-    run_parallel(pairs, |(src, dst)| f(src, dst));
+    run_parallel(pairs, |(src, dst)| vectorized(|| f(src, dst)));
 }
 
 /// Finite nonzero |w| in ascending order. Positive floats order like their bit patterns,

@@ -13,7 +13,7 @@
 //! `alpha <= 4/3 max|W|` needs searching (see `solve`). Cost: an O(N) radix sort and
 //! prefix sums, then O(n log N) per cell plus the sorting of the swept breakpoints
 //! (in the worst case all `N n` of them: O(N n log(N n))), in O(N) memory.
-use super::{cpu, levels, LevelSet, Quantized};
+use super::{cpu, levels, LevelSet};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use tch::{Device, Tensor};
@@ -24,18 +24,12 @@ const SEARCH_BLOCK: usize = 64;
 /// Cells holding at most this many breakpoints are swept rather than split.
 const SWEEP_BREAKPOINTS: usize = 2048;
 
-pub(crate) fn quantize(w: &Tensor, bits: u32) -> Quantized {
-    let levels = LevelSet::powers_of_two(bits);
-    let n = levels.max_code();
+/// The optimal scale for `w` (float32, any device) as a 0-d float32 tensor on `w`'s
+/// device; the solver runs on a CPU copy.
+pub(crate) fn scale(w: &Tensor, n: u32) -> Tensor {
     let host = w.to_device(Device::Cpu).contiguous();
     let alpha = optimal_scale(cpu::slice::<f32>(&host), n) as f32;
-    let alpha = Tensor::from(alpha).to_device(w.device());
-    let codes = levels::pow2_codes(w, &alpha, n);
-    Quantized {
-        alpha,
-        codes,
-        levels,
-    }
+    Tensor::from(alpha).to_device(w.device())
 }
 
 /// The scale of the global minimizer of `||w - alpha q||^2` over `alpha > 0` and `q` in

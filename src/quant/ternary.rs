@@ -32,6 +32,7 @@ fn quantize_cpu(w: &Tensor) -> Quantized {
     }
     let mut codes = Tensor::empty(w.size(), (Kind::Int8, Device::Cpu));
     cpu::zip_blocks(values, cpu::slice_mut::<i8>(&mut codes), |src, dst| {
+        let threshold = threshold; // a local, kept in a register
         for (code, &x) in dst.iter_mut().zip(src) {
             *code = match x {
                 x if x >= threshold => 1,
