@@ -119,12 +119,7 @@ pub(crate) fn pow2_codes(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
     cpu::zip_blocks(
         cpu::slice::<f32>(&w),
         cpu::slice_mut::<i8>(&mut codes),
-        |src, dst| {
-            let rule = rule;
-            for (code, &x) in dst.iter_mut().zip(src) {
-                *code = rule.code(x) as i8;
-            }
-        },
+        |src, dst| rule.fill_codes(src, dst),
     );
     codes
 }
@@ -145,19 +140,13 @@ pub(crate) fn pow2_values(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
     cpu::zip_blocks(
         cpu::slice::<f32>(&w),
         cpu::slice_mut::<f32>(&mut values),
-        |src, dst| {
-            let rule = rule;
-            for (value, &x) in dst.iter_mut().zip(src) {
-                *value = rule.value(x);
-            }
-        },
+        |src, dst| rule.fill_values(src, dst),
     );
     values
 }
 
-/// The per-weight nearest-level rule of the CPU kernels at one scale. Kernels copy it
-/// into a local before their loop, so its fields stay in registers and the loop
-/// vectorizes.
+/// The per-weight nearest-level rule of the CPU kernels at one scale. The kernels take
+/// it by value, so its fields stay in registers and their loops vectorize.
 #[derive(Clone, Copy)]
 struct Pow2Rule {
     alpha: f32,
@@ -175,6 +164,18 @@ impl Pow2Rule {
             divisor: nonzero_scale(alpha),
             n,
             smallest_cut: 2f32.powi(-n),
+        }
+    }
+
+    fn fill_codes(self, weights: &[f32], codes: &mut [i8]) {
+        for (code, &x) in codes.iter_mut().zip(weights) {
+            *code = self.code(x) as i8;
+        }
+    }
+
+    fn fill_values(self, weights: &[f32], values: &mut [f32]) {
+        for (value, &x) in values.iter_mut().zip(weights) {
+            *value = self.value(x);
         }
     }
 
@@ -246,14 +247,17 @@ fn dequantize_cpu(alpha: f32, codes: &Tensor, levels: LevelSet) -> Tensor {
     cpu::zip_blocks(
         cpu::slice::<i8>(&codes),
         cpu::slice_mut::<f32>(&mut out),
-        |src, dst| {
-            let (table, max_code) = (table.as_slice(), max_code);
-            for (value, &code) in dst.iter_mut().zip(src) {
-                *value = table[(i32::from(code) + max_code) as usize];
-            }
-        },
+        |src, dst| look_up(src, dst, &table, max_code),
     );
     out
+}
+
+/// `values[i] = table[codes[i] + max_code]`, with the scalars as arguments so they stay in
+/// registers.
+fn look_up(codes: &[i8], values: &mut [f32], table: &[f32], max_code: i32) {
+    for (value, &code) in values.iter_mut().zip(codes) {
+        *value = table[(i32::from(code) + max_code) as usize];
+    }
 }
 
 fn dequantize_tensor(alpha: &Tensor, codes: &Tensor, levels: LevelSet) -> Tensor {

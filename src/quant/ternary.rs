@@ -32,19 +32,24 @@ fn quantize_cpu(w: &Tensor) -> Quantized {
     }
     let mut codes = Tensor::empty(w.size(), (Kind::Int8, Device::Cpu));
     cpu::zip_blocks(values, cpu::slice_mut::<i8>(&mut codes), |src, dst| {
-        let threshold = threshold; // a local, kept in a register
-        for (code, &x) in dst.iter_mut().zip(src) {
-            *code = match x {
-                x if x >= threshold => 1,
-                x if x <= -threshold => -1,
-                _ => 0,
-            };
-        }
+        threshold_codes(src, dst, threshold)
     });
     Quantized {
         alpha: Tensor::from(best_alpha as f32),
         codes,
         levels: LevelSet::powers_of_two(2),
+    }
+}
+
+/// ±1 where `|w| >= threshold` (sign of w), else 0; the threshold is an argument so it
+/// stays in a register.
+fn threshold_codes(weights: &[f32], codes: &mut [i8], threshold: f32) {
+    for (code, &x) in codes.iter_mut().zip(weights) {
+        *code = match x {
+            x if x >= threshold => 1,
+            x if x <= -threshold => -1,
+            _ => 0,
+        };
     }
 }
 
