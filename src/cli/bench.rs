@@ -59,8 +59,13 @@ pub struct QuantizeBenchArgs {
     /// Bit-width for lbw, exact, pow2 and uniform (ternary and twn use 2).
     #[arg(long, default_value_t = 6)]
     pub bits: u32,
+    /// Where the weight tensors live.
     #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
     pub device: BenchDevice,
+    /// CPU threads for torch and the quantizer kernels (default: torch's choice). One
+    /// thread gives steadier numbers on a machine shared with other jobs.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Print the report as one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -152,6 +157,10 @@ fn run_quantize(args: QuantizeBenchArgs) -> Result<()> {
         args.bits
     );
     let device = bench_device(args.device)?;
+    if let Some(threads) = args.threads {
+        ensure!(threads >= 1, "--threads must be at least 1");
+        tch::set_num_threads(i32::try_from(threads)?);
+    }
     let options = BenchOptions {
         repeats: args.repeats,
         bits: args.bits,

@@ -21,7 +21,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub bits: u32,
     /// LBW's free parameter in `alpha = c * mean|W|` (default: per bit-width).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub c: Option<f64>,
     /// Print one JSON line instead of a readable summary.
     #[arg(long)]

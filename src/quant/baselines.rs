@@ -20,20 +20,13 @@ pub(crate) fn twn(w: &Tensor) -> Quantized {
     }
 }
 
-/// INQ-style: `alpha = 2^floor(log2(4/3 * max|W|))`, then the nearest level.
-pub(crate) fn pow2(w: &Tensor, bits: u32) -> Quantized {
-    let levels = LevelSet::powers_of_two(bits);
+/// INQ-style scale `2^floor(log2(4/3 * max|W|))` (weights then go to the nearest level).
+pub(crate) fn pow2_scale(w: &Tensor) -> Tensor {
     let max = w.abs().max();
     // 2^floor(log2(4x/3)) rounds x to a power of two with the cut at 1.5 * 2^e, which is
     // adding the first mantissa bit into the exponent and clearing the mantissa: exact.
     let rounded_bits = (max.view_dtype(Kind::Int) + (1i64 << 22)).bitwise_and(-(1i64 << 23));
-    let alpha = rounded_bits.view_dtype(Kind::Float);
-    let codes = levels::pow2_codes(w, &alpha, levels.max_code());
-    Quantized {
-        alpha,
-        codes,
-        levels,
-    }
+    rounded_bits.view_dtype(Kind::Float)
 }
 
 /// Symmetric uniform: `2^(b-1) - 1` positive levels, step `max|W| / (2^(b-1) - 1)`,

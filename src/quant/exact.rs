@@ -13,26 +13,23 @@
 //! `alpha <= 4/3 max|W|` needs searching (see `solve`). Cost: an O(N) radix sort and
 //! prefix sums, then O(n log N) per cell plus the sorting of the swept breakpoints
 //! (in the worst case all `N n` of them: O(N n log(N n))), in O(N) memory.
-use super::{cpu, levels, LevelSet, Quantized};
+use super::{cpu, levels, LevelSet};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use tch::{Device, Tensor};
 
+/// Sorted magnitudes per entry of the in-cache search index.
+const SEARCH_BLOCK: usize = 64;
+
 /// Cells holding at most this many breakpoints are swept rather than split.
 const SWEEP_BREAKPOINTS: usize = 2048;
 
-pub(crate) fn quantize(w: &Tensor, bits: u32) -> Quantized {
-    let levels = LevelSet::powers_of_two(bits);
-    let n = levels.max_code();
+/// The optimal scale for `w` (float32, any device) as a 0-d float32 tensor on `w`'s
+/// device; the solver runs on a CPU copy.
+pub(crate) fn scale(w: &Tensor, n: u32) -> Tensor {
     let host = w.to_device(Device::Cpu).contiguous();
     let alpha = optimal_scale(cpu::slice::<f32>(&host), n) as f32;
-    let alpha = Tensor::from(alpha).to_device(w.device());
-    let codes = levels::pow2_codes(w, &alpha, n);
-    Quantized {
-        alpha,
-        codes,
-        levels,
-    }
+    Tensor::from(alpha).to_device(w.device())
 }
 
 /// The scale of the global minimizer of `||w - alpha q||^2` over `alpha > 0` and `q` in
@@ -87,6 +84,8 @@ struct Breakpoint {
 struct Solver<'a> {
     /// Sorted ascending, finite and positive.
     a: &'a [f32],
+    /// The last value of every [`SEARCH_BLOCK`] of `a`.
+    block_last: Vec<f32>,
     /// Prefix sums of a and a^2: `sum[i]` covers `a[..i]`.
     sum: Vec<f64>,
     sum_sq: Vec<f64>,
@@ -121,6 +120,10 @@ impl<'a> Solver<'a> {
         let count = a.len() as f64;
         Solver {
             a,
+            block_last: a
+                .chunks(SEARCH_BLOCK)
+                .map(|block| block[block.len() - 1])
+                .collect(),
             best_gain: s * s / count,
             best_alpha: s / count,
             sum,
@@ -198,10 +201,19 @@ impl<'a> Solver<'a> {
         }
     }
 
+    /// The first index of `a` where `below` fails (`below` holds on a prefix). Searches
+    /// the block maxima first, which stay in cache, then one block.
+    fn partition(&self, below: impl Fn(f32) -> bool) -> usize {
+        let block = self.block_last.partition_point(|&x| below(x));
+        let start = (block * SEARCH_BLOCK).min(self.a.len());
+        let end = (start + SEARCH_BLOCK).min(self.a.len());
+        start + self.a[start..end].partition_point(|&x| below(x))
+    }
+
     /// Number of weights below cut k at `alpha`: those with breakpoint `a_i / m_k <= alpha`.
     fn position(&self, cut: usize, alpha: f64) -> usize {
         let inv = self.inv_cut[cut];
-        self.a.partition_point(|&x| f64::from(x) * inv <= alpha)
+        self.partition(|x| f64::from(x) * inv <= alpha)
     }
 
     /// `(A, B)` of the assignment just above `alpha` (breakpoints at `alpha` passed).
@@ -236,7 +248,7 @@ impl<'a> Solver<'a> {
     }
 
     fn count_below(&self, x: f64) -> usize {
-        self.a.partition_point(|&v| f64::from(v) < x)
+        self.partition(|v| f64::from(v) < x)
     }
 
     /// A lower bound on the error for every alpha in `[lo, hi]` (hi <= 2 lo): each weight

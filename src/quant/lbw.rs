@@ -1,20 +1,10 @@
 //! LBW-Net's semi-analytical thresholding for b >= 3 (SPEC §1.3), also defined for b = 2:
-//! `alpha = c * mean|W|`, then every weight goes to its nearest level of `alpha * Q_b`.
-use super::{cpu, levels, LevelSet, Quantized};
+//! `alpha = c * mean|W|`, then every weight goes to its nearest level of `alpha * Q_b`
+//! (`levels::pow2_codes`).
+use super::cpu;
 use tch::{Device, Kind, Tensor};
 
-pub(crate) fn quantize(w: &Tensor, bits: u32, c: f64) -> Quantized {
-    let levels = LevelSet::powers_of_two(bits);
-    let alpha = scaled_mean_abs(w, c);
-    let codes = levels::pow2_codes(w, &alpha, levels.max_code());
-    Quantized {
-        alpha,
-        codes,
-        levels,
-    }
-}
-
-/// `factor * mean|w|` as a 0-d float32 tensor on `w`'s device (`w` float32, non-empty).
+/// LBW's scale `c * mean|w|`, and TWN's threshold: `factor * mean|w|` as a 0-d float32 tensor on `w`'s device (`w` float32, non-empty).
 /// The sum runs in float64 on every device, so CPU and CUDA agree on the float32 result.
 pub(crate) fn scaled_mean_abs(w: &Tensor, factor: f64) -> Tensor {
     let scale = factor / w.numel() as f64;

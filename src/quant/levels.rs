@@ -9,8 +9,7 @@ use super::cpu;
 use tch::{Device, Kind, Tensor};
 
 /// The magnitudes a quantizer may use besides zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LevelSet {
     /// `{0, ±2^(1-n), …, ±1/2, ±1}`: code `±k` (k = 1..=n) is `±2^(k-n)`.
     PowersOfTwo { n: u32 },
@@ -80,7 +79,7 @@ impl LevelSet {
 
 /// `alpha` with 0 replaced by +inf, so that `|w| / alpha` is 0 (code 0) for an all-zero
 /// tensor instead of NaN.
-pub(crate) fn nonzero_scale(alpha: f32) -> f32 {
+fn nonzero_scale(alpha: f32) -> f32 {
     if alpha > 0.0 {
         alpha
     } else {
@@ -94,14 +93,13 @@ pub(crate) fn nonzero_scale_tensor(alpha: &Tensor) -> Tensor {
 
 /// Nearest level index of `r >= 0` in the power-of-two set with `n` magnitudes (ties go
 /// up, magnitudes above 1 clip to 1). `r < 2^-n` is 0; otherwise the index is
-/// `floor(log2(4r/3)) + n` clamped to 1..=n, read off r's exponent and first mantissa
-/// bit: the cut between `2^(e)` and `2^(e+1)` is `1.5 * 2^e`.
+/// `floor(log2(4r/3)) + n` clamped to 1..=n: the cut between `2^e` and `2^(e+1)` is
+/// `1.5 * 2^e`, so adding half a mantissa to r's bits carries into the exponent exactly
+/// when r is past the cut.
 #[inline(always)]
 pub(crate) fn pow2_index(r: f32, n: i32, smallest_cut: f32) -> i32 {
-    let bits = r.to_bits();
-    let exponent = ((bits >> 23) & 0xff) as i32 - 127;
-    let round_up = ((bits >> 22) & 1) as i32;
-    let index = (exponent + n + round_up).clamp(1, n);
+    let biased_exponent = (r.to_bits().wrapping_add(1 << 22) >> 23) as i32;
+    let index = (biased_exponent - 127 + n).clamp(1, n);
     if r >= smallest_cut {
         index
     } else {
@@ -112,29 +110,98 @@ pub(crate) fn pow2_index(r: f32, n: i32, smallest_cut: f32) -> i32 {
 /// Signed codes of the nearest power-of-two levels of `w / alpha` (`w` float32, `alpha` a
 /// 0-d float32 tensor on `w`'s device; alpha 0 gives all-zero codes). Int8, `w`'s shape.
 pub(crate) fn pow2_codes(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
-    if w.device() == Device::Cpu {
-        pow2_codes_cpu(w, alpha.double_value(&[]) as f32, n)
-    } else {
-        pow2_codes_tensor(w, alpha, n)
+    if w.device() != Device::Cpu {
+        return pow2_codes_tensor(w, alpha, n);
     }
-}
-
-fn pow2_codes_cpu(w: &Tensor, alpha: f32, n: u32) -> Tensor {
     let w = w.contiguous();
     let mut codes = Tensor::empty(w.size(), (Kind::Int8, Device::Cpu));
-    let alpha = nonzero_scale(alpha);
-    let smallest_cut = 2f32.powi(-(n as i32));
+    let rule = Pow2Rule::new(alpha, n);
     cpu::zip_blocks(
         cpu::slice::<f32>(&w),
         cpu::slice_mut::<i8>(&mut codes),
-        |src, dst| {
-            for (code, &x) in dst.iter_mut().zip(src) {
-                let index = pow2_index(x.abs() / alpha, n as i32, smallest_cut) as i8;
-                *code = if x < 0.0 { -index } else { index };
-            }
-        },
+        |src, dst| rule.fill_codes(src, dst),
     );
     codes
+}
+
+/// `dequantize(alpha, pow2_codes(w, alpha, n))`, in one pass on the CPU (the training
+/// forward's hot path).
+pub(crate) fn pow2_values(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
+    if w.device() != Device::Cpu {
+        return dequantize_tensor(
+            alpha,
+            &pow2_codes_tensor(w, alpha, n),
+            LevelSet::PowersOfTwo { n },
+        );
+    }
+    let w = w.contiguous();
+    let mut values = Tensor::empty(w.size(), (Kind::Float, Device::Cpu));
+    let rule = Pow2Rule::new(alpha, n);
+    cpu::zip_blocks(
+        cpu::slice::<f32>(&w),
+        cpu::slice_mut::<f32>(&mut values),
+        |src, dst| rule.fill_values(src, dst),
+    );
+    values
+}
+
+/// The per-weight nearest-level rule of the CPU kernels at one scale. The kernels take
+/// it by value, so its fields stay in registers and their loops vectorize.
+#[derive(Clone, Copy)]
+struct Pow2Rule {
+    alpha: f32,
+    divisor: f32,
+    n: i32,
+    smallest_cut: f32,
+}
+
+impl Pow2Rule {
+    fn new(alpha: &Tensor, n: u32) -> Self {
+        let alpha = alpha.double_value(&[]) as f32;
+        let n = n as i32;
+        Pow2Rule {
+            alpha,
+            divisor: nonzero_scale(alpha),
+            n,
+            smallest_cut: 2f32.powi(-n),
+        }
+    }
+
+    fn fill_codes(self, weights: &[f32], codes: &mut [i8]) {
+        for (code, &x) in codes.iter_mut().zip(weights) {
+            *code = self.code(x) as i8;
+        }
+    }
+
+    fn fill_values(self, weights: &[f32], values: &mut [f32]) {
+        for (value, &x) in values.iter_mut().zip(weights) {
+            *value = self.value(x);
+        }
+    }
+
+    #[inline(always)]
+    fn code(self, x: f32) -> i32 {
+        let index = pow2_index(x.abs() / self.divisor, self.n, self.smallest_cut);
+        if x < 0.0 {
+            -index
+        } else {
+            index
+        }
+    }
+
+    /// `alpha * 2^(index - n)` with the weight's sign, +0 for index 0 (as `dequantize`);
+    /// written with selects only, so the loop vectorizes.
+    #[inline(always)]
+    fn value(self, x: f32) -> f32 {
+        let index = pow2_index(x.abs() / self.divisor, self.n, self.smallest_cut);
+        let power = f32::from_bits(((index - self.n + 127) as u32) << 23);
+        let (magnitude, sign) = if index > 0 {
+            (self.alpha * power, x.to_bits() & 0x8000_0000)
+        } else {
+            (0.0, 0)
+        };
+        f32::from_bits(magnitude.to_bits() | sign)
+    }
 }
 
 /// The same rule as tensor ops, for devices other than the CPU: `r = m * 2^e` with
@@ -165,8 +232,8 @@ pub(crate) fn dequantize(alpha: &Tensor, codes: &Tensor, levels: LevelSet) -> Te
 fn dequantize_cpu(alpha: f32, codes: &Tensor, levels: LevelSet) -> Tensor {
     let codes = codes.contiguous();
     let max_code = levels.max_code() as i32;
-    // values[code + max_code] = alpha * (±magnitude), the same f32 products as on device.
-    let values: Vec<f32> = (-max_code..=max_code)
+    // table[code + max_code] = alpha * (±magnitude), the same f32 products as on device.
+    let table: Vec<f32> = (-max_code..=max_code)
         .map(|code| {
             let scaled = alpha * levels.magnitude(code.unsigned_abs()) as f32;
             if code < 0 {
@@ -180,13 +247,17 @@ fn dequantize_cpu(alpha: f32, codes: &Tensor, levels: LevelSet) -> Tensor {
     cpu::zip_blocks(
         cpu::slice::<i8>(&codes),
         cpu::slice_mut::<f32>(&mut out),
-        |src, dst| {
-            for (value, &code) in dst.iter_mut().zip(src) {
-                *value = values[(i32::from(code) + max_code) as usize];
-            }
-        },
+        |src, dst| look_up(src, dst, &table, max_code),
     );
     out
+}
+
+/// `values[i] = table[codes[i] + max_code]`, with the scalars as arguments so they stay in
+/// registers.
+fn look_up(codes: &[i8], values: &mut [f32], table: &[f32], max_code: i32) {
+    for (value, &code) in values.iter_mut().zip(codes) {
+        *value = table[(i32::from(code) + max_code) as usize];
+    }
 }
 
 fn dequantize_tensor(alpha: &Tensor, codes: &Tensor, levels: LevelSet) -> Tensor {
@@ -221,7 +292,7 @@ mod tests {
             };
             for alpha in [0.1f32, 1.0, 0.0, 0.0123] {
                 let alpha_t = Tensor::from(alpha);
-                let cpu_codes = pow2_codes_cpu(&w, alpha, n);
+                let cpu_codes = pow2_codes(&w, &alpha_t, n);
                 let tensor_codes = pow2_codes_tensor(&w, &alpha_t, n);
                 assert!(
                     cpu_codes.equal(&tensor_codes),
@@ -231,6 +302,15 @@ mod tests {
                 let a = dequantize_cpu(alpha, &cpu_codes, levels);
                 let b = dequantize_tensor(&alpha_t, &cpu_codes, levels);
                 assert!(a.equal(&b), "values differ at bits {bits}, alpha {alpha}");
+                let fused = Vec::<f32>::try_from(&pow2_values(&w, &alpha_t, n)).unwrap();
+                let two_step = Vec::<f32>::try_from(&a).unwrap();
+                assert!(
+                    fused
+                        .iter()
+                        .zip(&two_step)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "fused values differ at bits {bits}, alpha {alpha}"
+                );
             }
         }
         let codes = Tensor::from_slice(&[-3i8, 0, 2, 3, -1]);

@@ -63,16 +63,16 @@ pub const FLOAT_BITS: u32 = 32;
 
 /// LBW's default free parameter `c` per bit-width (SPEC §1.3): the single c minimizing
 /// the worst-case MSE ratio to the exact optimum over Gaussian, Laplace and Student-t
-/// weights of 500 to 500k entries. b = 3..=6 are SPEC's values; b = 2, 7 and 8 come from
-/// the same criterion (`tests/quant_default_c.rs` reproduces all of them).
+/// weights of 500 to 500k entries. b = 3..=6 are SPEC's values. b = 2, 7 and 8 follow
+/// the same criterion: 1.7 at 2 bits; 7 and 8 bits only add levels below `2^-15 alpha`,
+/// which leave the criterion unchanged, so they keep 6 bits' 7.2
+/// (`tests/quant_default_c.rs` shows both).
 pub fn default_c(bits: u32) -> Option<f64> {
     match bits {
-        2 => Some(1.0),
+        2 => Some(1.7),
         3 => Some(2.5),
         4 => Some(3.7),
-        5 | 6 => Some(7.2),
-        7 => Some(7.2),
-        8 => Some(7.2),
+        5..=8 => Some(7.2),
         _ => None,
     }
 }
@@ -161,25 +161,55 @@ impl Quantized {
 /// Quantizes `w` (any float dtype, any device) to scale and codes. `spec.bits` must be in
 /// 2..=8 ([`QuantSpec::new`] checks); `ternary` and `twn` always give `{0, ±1}`.
 pub fn quantize_codes(w: &Tensor, spec: &QuantSpec) -> Quantized {
-    let w = w.detach().to_kind(Kind::Float).contiguous();
+    let w = as_float32(w);
+    let levels = spec.levels();
     if w.numel() == 0 {
         return Quantized {
             alpha: Tensor::zeros([], (Kind::Float, w.device())),
             codes: Tensor::zeros(w.size(), (Kind::Int8, w.device())),
-            levels: spec.levels(),
+            levels,
+        };
+    }
+    if let Some(alpha) = power_of_two_scale(&w, spec) {
+        let codes = levels::pow2_codes(&w, &alpha, levels.max_code());
+        return Quantized {
+            alpha,
+            codes,
+            levels,
         };
     }
     match spec.method {
-        Method::Lbw => lbw::quantize(&w, spec.bits, spec.c),
-        Method::Exact => exact::quantize(&w, spec.bits),
         Method::Ternary => ternary::quantize(&w),
         Method::Twn => baselines::twn(&w),
-        Method::Pow2 => baselines::pow2(&w, spec.bits),
         Method::Uniform => baselines::uniform(&w, spec.bits),
+        Method::Lbw | Method::Exact | Method::Pow2 => unreachable!("scaled above"),
     }
 }
 
 /// `alpha * q` for `w`: same shape, dtype and device.
 pub fn quantize(w: &Tensor, spec: &QuantSpec) -> Tensor {
-    quantize_codes(w, spec).dequantize().to_kind(w.kind())
+    let w32 = as_float32(w);
+    let scale = (w32.numel() > 0)
+        .then(|| power_of_two_scale(&w32, spec))
+        .flatten();
+    let values = match scale {
+        Some(alpha) => levels::pow2_values(&w32, &alpha, spec.levels().max_code()),
+        None => quantize_codes(&w32, spec).dequantize(),
+    };
+    values.to_kind(w.kind())
+}
+
+fn as_float32(w: &Tensor) -> Tensor {
+    w.detach().to_kind(Kind::Float).contiguous()
+}
+
+/// The scale of the methods that put every weight on its nearest power-of-two level
+/// (lbw, exact, pow2); None for the others. `w` is float32 and non-empty.
+fn power_of_two_scale(w: &Tensor, spec: &QuantSpec) -> Option<Tensor> {
+    match spec.method {
+        Method::Lbw => Some(lbw::scaled_mean_abs(w, spec.c)),
+        Method::Exact => Some(exact::scale(w, spec.levels().max_code())),
+        Method::Pow2 => Some(baselines::pow2_scale(w)),
+        Method::Ternary | Method::Twn | Method::Uniform => None,
+    }
 }

@@ -20,29 +20,36 @@ fn quantize_cpu(w: &Tensor) -> Quantized {
     let w = w.contiguous();
     let values = cpu::slice::<f32>(&w);
     let (mut sum, mut best_score, mut best_alpha, mut threshold) = (0.0, 0.0, 0.0, f32::INFINITY);
-    for (count, &magnitude) in (1..).zip(cpu::sorted_magnitudes(values).iter().rev()) {
+    for (rank, &magnitude) in cpu::sorted_magnitudes(values).iter().rev().enumerate() {
+        let count = (rank + 1) as f64;
         sum += f64::from(magnitude);
-        let score = sum * sum / f64::from(count);
+        let score = sum * sum / count;
         if score > best_score {
             best_score = score;
-            best_alpha = sum / f64::from(count);
+            best_alpha = sum / count;
             threshold = magnitude;
         }
     }
     let mut codes = Tensor::empty(w.size(), (Kind::Int8, Device::Cpu));
     cpu::zip_blocks(values, cpu::slice_mut::<i8>(&mut codes), |src, dst| {
-        for (code, &x) in dst.iter_mut().zip(src) {
-            *code = match x {
-                x if x >= threshold => 1,
-                x if x <= -threshold => -1,
-                _ => 0,
-            };
-        }
+        threshold_codes(src, dst, threshold)
     });
     Quantized {
         alpha: Tensor::from(best_alpha as f32),
         codes,
         levels: LevelSet::powers_of_two(2),
+    }
+}
+
+/// ±1 where `|w| >= threshold` (sign of w), else 0; the threshold is an argument so it
+/// stays in a register.
+fn threshold_codes(weights: &[f32], codes: &mut [i8], threshold: f32) {
+    for (code, &x) in codes.iter_mut().zip(weights) {
+        *code = match x {
+            x if x >= threshold => 1,
+            x if x <= -threshold => -1,
+            _ => 0,
+        };
     }
 }
 
