@@ -2,6 +2,7 @@
 //! the best c, with the float model as a reference line.
 use crate::experiments::table::SweepTable;
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -61,50 +62,47 @@ fn map_range(values: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> 
     (lo - pad).max(0.0)..(hi + pad).min(1.0)
 }
 
-fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
-    let lbw: Vec<_> = table.rows.iter().filter(|r| r.c.is_some()).collect();
-    let cs = lbw.iter().filter_map(|r| r.c);
-    let (c_lo, c_hi) = (
-        cs.clone().fold(f64::INFINITY, f64::min),
-        cs.fold(f64::NEG_INFINITY, f64::max),
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws one line plot: `series` is a list of (label, points), the float model a black
+/// reference line across the x range.
+fn line_plot(
+    path: &Path,
+    caption: String,
+    x_desc: &str,
+    x: std::ops::Range<f64>,
+    series: &[(String, Vec<(f64, f64)>)],
+    float_map: Option<f64>,
+) -> Result<()> {
+    let y = map_range(
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| q.1))
+            .chain(float_map),
     );
-    let (c_lo, c_hi) = if c_lo.is_finite() {
-        (c_lo * 0.9, c_hi * 1.1)
-    } else {
-        (0.0, 1.0)
-    };
-    let y = map_range(lbw.iter().map(|r| r.map).chain(float_map));
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("mAP against c (sweep {})", table.sweep), (FONT, 22))
+    let mut chart: Chart = ChartBuilder::on(&root)
+        .caption(caption, (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(c_lo..c_hi, y)
+        .build_cartesian_2d(x.clone(), y)
         .map_err(draw_error)?;
     chart
         .configure_mesh()
-        .x_desc("c (alpha = c * mean|W|)")
+        .x_desc(x_desc)
         .y_desc("mAP")
         .label_style((FONT, 14))
         .draw()
         .map_err(draw_error)?;
-    let mut bits: Vec<u32> = lbw.iter().map(|r| r.bits).collect();
-    bits.sort_unstable_by(|a, b| b.cmp(a));
-    bits.dedup();
-    for (i, b) in bits.iter().enumerate() {
+    for (i, (label, points)) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let mut points: Vec<(f64, f64)> = lbw
-            .iter()
-            .filter(|r| r.bits == *b)
-            .filter_map(|r| r.c.map(|c| (c, r.map)))
-            .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(draw_error)?
-            .label(format!("{b} bits"))
+            .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
@@ -115,7 +113,7 @@ fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Res
     if let Some(f) = float_map {
         chart
             .draw_series(LineSeries::new(
-                vec![(c_lo, f), (c_hi, f)],
+                vec![(x.start, f), (x.end, f)],
                 BLACK.stroke_width(1),
             ))
             .map_err(draw_error)?
@@ -132,6 +130,44 @@ fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Res
     root.present().map_err(draw_error)
 }
 
+fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
+    let lbw: Vec<_> = table.rows.iter().filter(|r| r.c.is_some()).collect();
+    let cs = lbw.iter().filter_map(|r| r.c);
+    let (c_lo, c_hi) = (
+        cs.clone().fold(f64::INFINITY, f64::min),
+        cs.fold(f64::NEG_INFINITY, f64::max),
+    );
+    let x = if c_lo.is_finite() {
+        c_lo * 0.9..c_hi * 1.1
+    } else {
+        0.0..1.0
+    };
+    let mut bits: Vec<u32> = lbw.iter().map(|r| r.bits).collect();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    bits.dedup();
+    let series: Vec<(String, Vec<(f64, f64)>)> = bits
+        .iter()
+        .map(|b| {
+            let mut points: Vec<(f64, f64)> = lbw
+                .iter()
+                .filter(|r| r.bits == *b)
+                .filter_map(|r| r.c.map(|c| (c, r.map)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (format!("{b} bits"), points)
+        })
+        .collect();
+    let caption = format!("mAP against c (sweep {})", table.sweep);
+    line_plot(
+        path,
+        caption,
+        "c (alpha = c * mean|W|)",
+        x,
+        &series,
+        float_map,
+    )
+}
+
 fn plot_map_vs_bits(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
     let mut points: Vec<(f64, f64)> = table
         .best_per_bits()
@@ -140,51 +176,7 @@ fn plot_map_vs_bits(table: &SweepTable, float_map: Option<f64>, path: &Path) -> 
         .map(|r| (r.bits as f64, r.map))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let y = map_range(points.iter().map(|p| p.1).chain(float_map));
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_error)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("mAP against bit-width, best c (sweep {})", table.sweep),
-            (FONT, 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(1.5f64..8.5f64, y)
-        .map_err(draw_error)?;
-    chart
-        .configure_mesh()
-        .x_desc("weight bits")
-        .y_desc("mAP")
-        .label_style((FONT, 14))
-        .draw()
-        .map_err(draw_error)?;
-    let color = PALETTE[0];
-    chart
-        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-        .map_err(draw_error)?
-        .label("quantized (best c)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-    chart
-        .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
-        .map_err(draw_error)?;
-    if let Some(f) = float_map {
-        chart
-            .draw_series(LineSeries::new(
-                vec![(1.5, f), (8.5, f)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(draw_error)?
-            .label("32-bit float")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
-    root.present().map_err(draw_error)
+    let caption = format!("mAP against bit-width, best c (sweep {})", table.sweep);
+    let series = [("quantized (best c)".to_string(), points)];
+    line_plot(path, caption, "weight bits", 1.5..8.5, &series, float_map)
 }
