@@ -129,3 +129,72 @@ fn evaluate_command_reads_a_finished_run() {
         .count();
     assert_eq!(images, 2);
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_the_run_resumes_from_the_command_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path(), 4);
+    cfg.train.iterations = 1_000_000;
+    cfg.train.checkpoint_interval = 0;
+    let config_path = dir.path().join("tiny.yaml");
+    std::fs::write(&config_path, cfg.to_yaml().unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_lbwnet");
+    let mut child = std::process::Command::new(bin)
+        .args(["train", "--config", config_path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("training tiny") {
+        assert!(
+            stderr.read_line(&mut log).unwrap() > 0,
+            "training never started: {log}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(!status.success());
+    assert!(
+        rest.contains("interrupted at iteration") && rest.contains("--resume"),
+        "{rest}"
+    );
+    let run_dir = cfg.run_dir();
+    let state = checkpoint::read_state(&checkpoint::latest(&run_dir).unwrap().unwrap()).unwrap();
+    assert!(state.iteration > 0);
+
+    let target = state.iteration + 3;
+    let out = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--resume",
+            run_dir.to_str().unwrap(),
+            "--set",
+            &format!("train.iterations={target}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["iterations"], target);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("mAP (voc07): "));
+}

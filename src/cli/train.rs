@@ -8,13 +8,17 @@ use std::path::PathBuf;
 pub struct TrainArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Continue the run in this directory from its latest checkpoint (its saved config is used).
+    /// Continue the run in this directory from its latest checkpoint, with the config it was
+    /// trained with (`--set` still applies on top; `--config` is not read).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let cfg = args.config.load()?;
+    let cfg = match &args.resume {
+        Some(run_dir) => crate::train::trainer::resume_config(run_dir, &args.config.overrides)?,
+        None => args.config.load()?,
+    };
     let (metrics, report) = crate::train::trainer::train(&cfg, args.resume.as_deref())?;
     eprintln!("{}", report.to_markdown());
     eprintln!("results in {}", metrics.run_dir.display());

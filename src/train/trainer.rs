@@ -110,19 +110,37 @@ fn seed_iteration(seed: u64, iteration: usize) {
     tch::manual_seed((mixed >> 1) as i64);
 }
 
-/// Trains `cfg` from scratch, or continues the run in `resume` (its saved config wins).
+/// The config a run was trained with (from its latest checkpoint), with `overrides` on
+/// top (e.g. more iterations).
+pub fn resume_config(run_dir: &Path, overrides: &[String]) -> Result<ExperimentConfig> {
+    let state_path = checkpoint::latest(run_dir)?.with_context(|| {
+        format!(
+            "--resume {}: no finished checkpoint there",
+            run_dir.display()
+        )
+    })?;
+    let state = checkpoint::read_state(&state_path)?;
+    ExperimentConfig::from_yaml_str(&state.config_yaml, overrides, &state_path)
+}
+
+/// Trains `cfg` from scratch, or, with `resume`, continues the run in that directory from
+/// its latest checkpoint (`cfg` should then come from [`resume_config`]).
 pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, EvalReport)> {
-    let (cfg, run_dir, resume_state) = match resume {
+    let (run_dir, resume_state) = match resume {
         Some(dir) => {
             let state_path = checkpoint::latest(dir)?.with_context(|| {
                 format!("--resume {}: no finished checkpoint there", dir.display())
             })?;
-            let state = checkpoint::read_state(&state_path)?;
-            let cfg = ExperimentConfig::from_yaml_str(&state.config_yaml, &[], &state_path)?;
-            (cfg, dir.to_path_buf(), Some(state))
+            (
+                dir.to_path_buf(),
+                Some(checkpoint::read_state(&state_path)?),
+            )
         }
-        None => (cfg.clone(), cfg.run_dir(), None),
+        None => (cfg.run_dir(), None),
     };
+    let cfg = cfg.clone();
+    // Installed before anything is logged, so Ctrl-C is never the default kill from here on.
+    let stop = interrupted();
     cfg.check_paths()?;
     ensure_synthetic(&cfg.data)?;
     let device = select_device(cfg.train.device)?;
@@ -184,7 +202,6 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
 
     let progress = progress_bar(t.iterations as u64, "train");
     progress.set_position(start as u64);
-    let stop = interrupted();
     let mut segment_start = Instant::now();
     for iteration in start..t.iterations {
         seed_iteration(t.seed, iteration);
