@@ -4,6 +4,18 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// The directory `path` lands in (created if missing), where its temporary file goes so
+/// the final rename stays on one file system.
+fn parent_dir(path: &Path) -> Result<&Path> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Writes `bytes` to `path` atomically, creating the parent directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |file| file.write_all(bytes).map_err(Into::into))
@@ -15,12 +27,7 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating directory {}", dir.display()))?;
+    let dir = parent_dir(path)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".lbwnet-tmp-")
         .tempfile_in(dir)
@@ -37,12 +44,7 @@ pub fn write_atomic_with(
 /// Like [`write_atomic_with`] for outputs produced by a library that writes to a path
 /// (libtorch's savers): `fill` gets the temporary path.
 pub fn write_atomic_via_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating directory {}", dir.display()))?;
+    let dir = parent_dir(path)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
     let tmp = tempfile::Builder::new()
         .prefix(".lbwnet-tmp-")
