@@ -48,3 +48,23 @@ fn quick_sweep_writes_tables_and_plots_and_resumes() {
     assert_eq!(maps(&table), maps(&again));
     assert!(again.seconds < table.seconds);
 }
+
+#[test]
+fn shipped_sweep_configs_load_and_plan() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sweeps");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let sweep = SweepConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let (float, cells) = sweep
+            .plan(false)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(float.quant.is_float());
+        assert!(!cells.is_empty());
+        for cell in &cells {
+            assert_eq!(
+                cell.train.init_from.as_deref(),
+                Some(float.run_dir().as_path())
+            );
+        }
+    }
+}
