@@ -115,13 +115,14 @@ impl SweepConfig {
         self.output_dir.join(name)
     }
 
-    /// The experiment config of one run: base + sweep overrides + quick overrides.
-    fn run_config(&self, sets: &[String], quick: bool) -> Result<ExperimentConfig> {
+    /// The experiment config of one run: base + sweep overrides + quick overrides. Runs
+    /// land in `<results>/<name>/<quant tag>`.
+    fn run_config(&self, sets: &[String], quick: bool, name: &str) -> Result<ExperimentConfig> {
         let mut all: Vec<String> = sets.to_vec();
         if quick {
             all.extend(self.quick.set.iter().cloned());
         }
-        all.push("name=runs".to_string());
+        all.push(format!("name={name}"));
         all.push(format!(
             "train.output_dir={}",
             self.results_dir(quick).display()
@@ -129,12 +130,18 @@ impl SweepConfig {
         ExperimentConfig::load(&self.base, &all)
     }
 
-    /// The float run's config and each quantized cell's, in table order.
+    /// The float run every cell starts from, and the cells in table order: first the
+    /// float model retrained as long as the others (the fair 32-bit row: every row then
+    /// has had the same training), then each (bits, method, c).
     pub fn plan(&self, quick: bool) -> Result<(ExperimentConfig, Vec<ExperimentConfig>)> {
         let mut float_sets = self.float.clone();
         float_sets.push(format!("quant.bits={FLOAT_BITS}"));
-        let float_cfg = self.run_config(&float_sets, quick)?;
-        let mut cells = Vec::new();
+        let float_cfg = self.run_config(&float_sets, quick, "initial")?;
+        let init_from = format!("train.init_from={}", float_cfg.run_dir().display());
+        let mut retrained_float = self.retrain.clone();
+        retrained_float.push(format!("quant.bits={FLOAT_BITS}"));
+        retrained_float.push(init_from.clone());
+        let mut cells = vec![self.run_config(&retrained_float, quick, "retrained")?];
         for cell in &self.cells {
             let mut cs: Vec<Option<f64>> = if cell.method == Method::Lbw && !cell.c.is_empty() {
                 cell.c.iter().copied().map(Some).collect()
@@ -153,8 +160,8 @@ impl SweepConfig {
                 if let Some(c) = c {
                     sets.push(format!("quant.c={c}"));
                 }
-                sets.push(format!("train.init_from={}", float_cfg.run_dir().display()));
-                cells.push(self.run_config(&sets, quick)?);
+                sets.push(init_from.clone());
+                cells.push(self.run_config(&sets, quick, "retrained")?);
             }
         }
         Ok((float_cfg, cells))
@@ -183,15 +190,17 @@ pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
     for cfg in &cells {
         run_cell(cfg)?;
     }
-    let float_row = measure_cell(&float_cfg, None)?;
-    let mut rows: Vec<SweepRow> = Vec::with_capacity(cells.len() + 1);
-    for cfg in &cells {
-        rows.push(measure_cell(cfg, Some(float_row.map))?);
+    let initial_float = measure_cell(&float_cfg, None)?;
+    let reference = measure_cell(&cells[0], None)?;
+    let mut rows: Vec<SweepRow> = vec![reference];
+    for cfg in &cells[1..] {
+        rows.push(measure_cell(cfg, Some(rows[0].map))?);
     }
-    rows.insert(0, float_row);
     let table = SweepTable {
         sweep: sweep.name.clone(),
         quick,
+        initial_float_map: initial_float.map,
+        initial_float_iterations: initial_float.iterations,
         rows,
         seconds: started.elapsed().as_secs_f64(),
     };

@@ -17,7 +17,7 @@ pub struct SweepRow {
     pub method: String,
     pub c: Option<f64>,
     pub map: f64,
-    /// mAP minus the float model's (0 for the float row).
+    /// mAP minus the retrained float model's (0 for the float row).
     pub delta_map: f64,
     /// Bytes of all weights: b-bit codes plus one f32 alpha per quantized layer, f32 for
     /// everything kept in float (biases, norms, float layers).
@@ -36,7 +36,10 @@ pub struct SweepRow {
 pub struct SweepTable {
     pub sweep: String,
     pub quick: bool,
-    /// The float row first, then the cells in sweep order.
+    /// mAP and length of the float training every row was retrained from.
+    pub initial_float_map: f64,
+    pub initial_float_iterations: usize,
+    /// The retrained float row first, then the cells in sweep order.
     pub rows: Vec<SweepRow>,
     /// Wall-clock seconds of the sweep command that wrote this table.
     pub seconds: f64,
@@ -134,11 +137,23 @@ fn format_bytes(bytes: u64) -> String {
 
 impl SweepTable {
     /// Every cell, in sweep order.
+    /// Which training every row had, for the tables' preambles.
+    fn provenance(&self) -> String {
+        format!(
+            "Every row, the 32-bit one included, was retrained {} iterations from one float model \
+             trained {} iterations (mAP {:.4}); Δ is against the retrained 32-bit row.\n\n",
+            self.rows.first().map_or(0, |r| r.iterations),
+            self.initial_float_iterations,
+            self.initial_float_map
+        )
+    }
+
     pub fn to_markdown(&self) -> String {
         let mut out = format!(
-            "# Sweep `{}`{}\n\n| bits | method | c | mAP | Δ vs float | weights | compression | error / exact | iters | train s |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "# Sweep `{}`{}\n\n{}| bits | method | c | mAP | Δ vs float | weights | compression | error / exact | iters | train s |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             self.sweep,
-            if self.quick { " (quick smoke run: numbers are not meaningful)" } else { "" }
+            if self.quick { " (quick smoke run: numbers are not meaningful)" } else { "" },
+            self.provenance()
         );
         for r in &self.rows {
             out += &format!(
@@ -181,9 +196,10 @@ impl SweepTable {
 
     pub fn paper_table_markdown(&self) -> String {
         let mut out = format!(
-            "# LBW-Net table (sweep `{}`{})\n\n| bits | method | best c | mAP | Δ vs 32-bit | weights | compression |\n|---:|---|---:|---:|---:|---:|---:|\n",
+            "# LBW-Net table (sweep `{}`{})\n\n{}| bits | method | best c | mAP | Δ vs 32-bit | weights | compression |\n|---:|---|---:|---:|---:|---:|---:|\n",
             self.sweep,
-            if self.quick { ", quick smoke run" } else { "" }
+            if self.quick { ", quick smoke run" } else { "" },
+            self.provenance()
         );
         for r in self.best_per_bits() {
             out += &format!(
