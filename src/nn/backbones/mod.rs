@@ -83,3 +83,19 @@ pub fn build_backbone(
 fn name_prefix(path: &nn::Path) -> String {
     path.path("")
 }
+
+/// torchvision's ResNet conv initialization (Kaiming normal, fan-out, no bias: a norm
+/// layer follows), also used by the small backbone.
+fn kaiming_conv(stride: i64, padding: i64) -> nn::ConvConfig {
+    nn::ConvConfig {
+        stride,
+        padding,
+        bias: false,
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    }
+}

@@ -4,11 +4,10 @@
 //! Names are torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{i}.{conv,bn}{1,2,3}.*`,
 //! `layer{1..4}.0.downsample.{0,1}.*`.
 use super::frozen_bn::{frozen_batch_norm2d, FrozenBatchNorm2d};
-use super::{name_prefix, BackboneParts, LayerQuant};
+use super::{kaiming_conv, name_prefix, BackboneParts, LayerQuant};
 use crate::nn::{qconv2d, QConv2d, QuantRegistry};
 use crate::quant::QuantSpec;
-use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use tch::nn::{self, Init, Module};
+use tch::nn::{self, Module};
 use tch::Tensor;
 
 /// Bottleneck output channels are `EXPANSION * planes`.
@@ -27,21 +26,6 @@ pub const HEAD_DIM: i64 = 2048;
 pub const POOL_SIZE: i64 = 14;
 /// torchvision's `trainable_layers=3`: the stem and layer1 stay fixed.
 const FROZEN: [&str; 3] = ["conv1", "bn1", "layer1"];
-
-/// torchvision's ResNet initialization: Kaiming normal, fan-out, no conv bias.
-fn conv_config(stride: i64, padding: i64) -> nn::ConvConfig {
-    nn::ConvConfig {
-        stride,
-        padding,
-        bias: false,
-        ws_init: Init::Kaiming {
-            dist: NormalOrUniform::Normal,
-            fan: FanInOut::FanOut,
-            non_linearity: NonLinearity::ReLU,
-        },
-        ..Default::default()
-    }
-}
 
 #[derive(Debug)]
 struct Bottleneck {
@@ -73,7 +57,7 @@ fn bottleneck(
                 c_in,
                 c_out,
                 1,
-                conv_config(stride, 0),
+                kaiming_conv(stride, 0),
             ),
             frozen_batch_norm2d(&(&p / 1), c_out),
         )
@@ -86,7 +70,7 @@ fn bottleneck(
             c_in,
             planes,
             1,
-            conv_config(1, 0),
+            kaiming_conv(1, 0),
         ),
         bn1: frozen_batch_norm2d(&(path / "bn1"), planes),
         conv2: qconv2d(
@@ -96,7 +80,7 @@ fn bottleneck(
             planes,
             planes,
             3,
-            conv_config(stride, 1),
+            kaiming_conv(stride, 1),
         ),
         bn2: frozen_batch_norm2d(&(path / "bn2"), planes),
         conv3: qconv2d(
@@ -106,7 +90,7 @@ fn bottleneck(
             planes,
             c_out,
             1,
-            conv_config(1, 0),
+            kaiming_conv(1, 0),
         ),
         bn3: frozen_batch_norm2d(&(path / "bn3"), c_out),
         downsample,
@@ -160,7 +144,7 @@ pub fn resnet50_c4(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry
         3,
         STEM_CHANNELS,
         7,
-        conv_config(2, 3),
+        kaiming_conv(2, 3),
     );
     let bn1 = frozen_batch_norm2d(&(root / "bn1"), STEM_CHANNELS);
     let mut trunk = nn::seq()

@@ -7,11 +7,10 @@
 //! `features.{i}.conv.weight` and `features.{i}.norm.{weight,bias}`; the head is
 //! `classifier.0.*` and `classifier.2.*` (the indices of its fcs in `Linear, ReLU, Linear,
 //! ReLU`).
-use super::{BackboneParts, LayerQuant};
+use super::{kaiming_conv, BackboneParts, LayerQuant};
 use crate::nn::{qconv2d, qlinear, QConv2d, QuantRegistry};
 use anyhow::{bail, Result};
-use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use tch::nn::{self, Init, Module};
+use tch::nn::{self, Module};
 use tch::Tensor;
 
 /// Conv blocks per stage; the first of each has stride 2. The extra block at stride 16
@@ -60,17 +59,6 @@ pub fn small(
         bail!("key `model.roi.head_hidden`: {head_hidden} is not allowed; must be at least 1");
     }
     let features = root / "features";
-    let conv_config = |stride| nn::ConvConfig {
-        stride,
-        padding: 1,
-        bias: false,
-        ws_init: Init::Kaiming {
-            dist: NormalOrUniform::Normal,
-            fan: FanInOut::FanOut,
-            non_linearity: NonLinearity::ReLU,
-        },
-        ..Default::default()
-    };
     let mut trunk = nn::seq();
     let mut c_in = 3;
     let mut index = 0;
@@ -91,7 +79,7 @@ pub fn small(
                 c_in,
                 c_out,
                 3,
-                conv_config(stride),
+                kaiming_conv(stride, 1),
             );
             let groups = gcd(NORM_GROUPS, c_out);
             let norm = nn::group_norm(&path / "norm", groups, c_out, Default::default());
