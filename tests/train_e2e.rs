@@ -39,6 +39,20 @@ train:
     ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("tiny.yaml")).unwrap()
 }
 
+/// Runs the built `lbwnet` with `args` and returns its output, failing on a non-zero exit.
+fn lbwnet_ok(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn read_weights(path: &Path) -> Vec<(String, Tensor)> {
     let mut tensors = Tensor::read_safetensors(path).unwrap();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -105,22 +119,14 @@ fn evaluate_command_reads_a_finished_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 32);
     train(&cfg, None).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .args([
-            "eval",
-            "--run",
-            cfg.run_dir().to_str().unwrap(),
-            "--json",
-            "--save-images",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lbwnet_ok(&[
+        "eval",
+        "--run",
+        cfg.run_dir().to_str().unwrap(),
+        "--json",
+        "--save-images",
+        "2",
+    ]);
     let line = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(json["metric"], "voc07");
@@ -172,21 +178,13 @@ fn ctrl_c_writes_a_checkpoint_and_the_run_resumes_from_the_command_line() {
     assert!(state.iteration > 0);
 
     let target = state.iteration + 3;
-    let out = std::process::Command::new(bin)
-        .args([
-            "train",
-            "--resume",
-            run_dir.to_str().unwrap(),
-            "--set",
-            &format!("train.iterations={target}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lbwnet_ok(&[
+        "train",
+        "--resume",
+        run_dir.to_str().unwrap(),
+        "--set",
+        &format!("train.iterations={target}"),
+    ]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
             .unwrap();
