@@ -1,6 +1,7 @@
 //! Makes the built binaries find libtorch without any environment variable: an rpath to
 //! the libtorch directory, and libtorch_cuda linked explicitly when that libtorch has it
 //! (the linker's --as-needed would otherwise drop it, and CUDA would never be found).
+//! It also compiles `src/train/determinism.cpp`, a few libtorch calls tch does not wrap.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -44,12 +45,28 @@ fn libtorch_version(lib: &std::path::Path) -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// Compiles the C++ shim against the headers beside `lib` (`<torch>/include`).
+fn compile_shim(lib: &std::path::Path) {
+    const SHIM: &str = "src/train/determinism.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    let include = lib.parent().unwrap_or(lib).join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file(SHIM)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .warnings(false)
+        .compile("lbwnet_torch_shim");
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let Some(lib) = libtorch_lib_dir() else {
-        println!("cargo:warning=libtorch directory unknown: the binary will need LD_LIBRARY_PATH");
-        return;
+        panic!("libtorch not found: set LIBTORCH, or LIBTORCH_USE_PYTORCH=1 with torch installed (the Makefile does)");
     };
+    compile_shim(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!(
         "cargo:rustc-env=LBWNET_LIBTORCH_VERSION={}",

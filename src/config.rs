@@ -293,6 +293,9 @@ pub struct TrainConfig {
     /// libtorch CPU threads (0: libtorch's default). Small models on few cores run
     /// faster on one: thread barriers cost more than the work they split.
     pub threads: usize,
+    /// libtorch's deterministic algorithms (matters on CUDA; CPU runs are reproducible
+    /// from `seed` alone).
+    pub deterministic: bool,
 }
 
 impl Default for TrainConfig {
@@ -315,6 +318,7 @@ impl Default for TrainConfig {
             output_dir: PathBuf::from("runs"),
             clip_grad_norm: 0.0,
             threads: 0,
+            deterministic: false,
         }
     }
 }

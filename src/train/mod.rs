@@ -2,6 +2,7 @@
 //! schedule, checkpoints, the training loop, and evaluation of a model on a split.
 pub mod bench;
 pub mod checkpoint;
+pub mod determinism;
 pub mod evaluate;
 pub mod schedule;
 pub mod sgd;

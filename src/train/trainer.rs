@@ -8,6 +8,7 @@ use crate::detect::faster_rcnn::{FasterRcnn, ImageBatch, ImageTarget};
 use crate::eval::EvalReport;
 use crate::fsutil::write_atomic;
 use crate::train::checkpoint::{self, CheckpointState};
+use crate::train::determinism::{seed_torch, set_deterministic, stream_seed};
 use crate::train::evaluate::evaluate_model;
 use crate::train::schedule::learning_rate;
 use crate::train::sgd::Sgd;
@@ -21,20 +22,36 @@ use std::time::Instant;
 use tch::nn::VarStore;
 use tch::Device;
 
-/// What a finished training reports (written as `metrics.json`).
+/// What a finished training reports (written as `metrics.json`). Only what the config
+/// determines lives here, so two runs of one config write the same bytes; wall-clock
+/// figures go to `timing.json` ([`Timing`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
+    /// The configured metric's mean AP (`eval.metric`).
     pub map: f64,
     pub metric: String,
+    /// Per-class AP under the configured metric.
     pub ap: serde_json::Value,
+    /// COCO-style AP@[.5:.95], AP50, AP75, by size, and AR, whatever the metric.
+    pub coco: serde_json::Value,
     pub bits: u32,
     pub method: String,
     pub c: Option<f64>,
     pub iterations: usize,
-    pub train_seconds: f64,
-    pub images_per_second: f64,
+    pub seed: u64,
     pub run_dir: PathBuf,
 }
+
+/// Wall-clock figures of a finished training (`timing.json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Timing {
+    pub train_seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Files a finished training writes into its run directory; a fresh training removes
+/// them first so a stale result never outlives the run it described.
+pub const RESULT_FILES: [&str; 4] = ["metrics.json", "timing.json", "summary.md", "detections"];
 
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
@@ -104,10 +121,29 @@ pub fn build_model(
     Ok((vs, model))
 }
 
+/// Stream 0 seeds initialization; iteration i draws from stream i + 1, so a resumed run
+/// samples what an uninterrupted one would.
 fn seed_iteration(seed: u64, iteration: usize) {
-    // Per-iteration seeds make a resumed run draw the same samples as an uninterrupted one.
-    let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iteration as u64;
-    tch::manual_seed((mixed >> 1) as i64);
+    seed_torch(stream_seed(seed, iteration as u64 + 1));
+}
+
+/// Removes a run directory's checkpoints and results before a fresh training.
+fn clear_run(run_dir: &Path) -> Result<()> {
+    checkpoint::clear(run_dir)?;
+    for name in RESULT_FILES {
+        let path = run_dir.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => tracing::info!("removed stale {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The config a run was trained with (from its latest checkpoint), with `overrides` on
@@ -143,6 +179,7 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
     let stop = interrupted();
     cfg.check_paths()?;
     ensure_synthetic(&cfg.data)?;
+    set_deterministic(cfg.train.deterministic);
     let device = select_device(cfg.train.device)?;
     configure_threads(cfg.train.threads);
     let classes = cfg.data.classes.as_deref();
@@ -162,6 +199,8 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
         device
     );
 
+    // libtorch seeds its generator randomly per process: seed it before any weight is drawn.
+    seed_torch(stream_seed(cfg.train.seed, 0));
     // A resumed run's checkpoint already holds the initialized weights.
     let (vs, model) = build_model(&cfg, num_classes, device, resume_state.is_none())?;
     let mut sgd = Sgd::new(vs.variables(), cfg.train.momentum, cfg.train.weight_decay);
@@ -180,7 +219,7 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
             (state.iteration, state.train_seconds)
         }
         None => {
-            checkpoint::clear(&run_dir)?;
+            clear_run(&run_dir)?;
             write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml()?.as_bytes())?;
             (0, 0.0)
         }
@@ -277,10 +316,12 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
         0,
     )?;
     let images = (t.iterations * t.batch_size) as f64;
+    let report_json = report.to_json();
     let metrics = Metrics {
         map: report.map,
         metric: cfg.eval.metric.name().to_string(),
-        ap: report.to_json()["ap"].clone(),
+        ap: report_json["ap"].clone(),
+        coco: report_json["coco"].clone(),
         bits: cfg.quant.bits,
         method: if cfg.quant.is_float() {
             "float".into()
@@ -291,36 +332,50 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
             .effective_c()
             .filter(|_| cfg.quant.method == crate::quant::Method::Lbw),
         iterations: t.iterations,
+        seed: t.seed,
+        run_dir: run_dir.clone(),
+    };
+    let timing = Timing {
         train_seconds,
         images_per_second: if train_seconds > 0.0 {
             images / train_seconds
         } else {
             0.0
         },
-        run_dir: run_dir.clone(),
     };
-    write_results(&run_dir, &metrics, &report)?;
+    write_results(&run_dir, &metrics, &timing, &report)?;
     Ok((metrics, report))
 }
 
-/// `metrics.json` and `summary.md` in the run directory.
-pub fn write_results(run_dir: &Path, metrics: &Metrics, report: &EvalReport) -> Result<()> {
+/// `metrics.json`, `timing.json` and `summary.md` in the run directory; `metrics.json`
+/// last, since its presence marks the run finished.
+pub fn write_results(
+    run_dir: &Path,
+    metrics: &Metrics,
+    timing: &Timing,
+    report: &EvalReport,
+) -> Result<()> {
     write_atomic(
-        &run_dir.join("metrics.json"),
-        serde_json::to_string_pretty(metrics)?.as_bytes(),
+        &run_dir.join("timing.json"),
+        serde_json::to_string_pretty(timing)?.as_bytes(),
     )?;
     let summary = format!(
-        "# {}\n\n- bits: {} ({}{})\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}",
+        "# {}\n\n- bits: {} ({}{}), seed {}\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}",
         run_dir.display(),
         metrics.bits,
         metrics.method,
         metrics.c.map(|c| format!(", c = {c}")).unwrap_or_default(),
+        metrics.seed,
         metrics.iterations,
-        metrics.train_seconds,
-        metrics.images_per_second,
+        timing.train_seconds,
+        timing.images_per_second,
         metrics.metric,
         metrics.map,
         report.to_markdown()
     );
-    write_atomic(&run_dir.join("summary.md"), summary.as_bytes())
+    write_atomic(&run_dir.join("summary.md"), summary.as_bytes())?;
+    write_atomic(
+        &run_dir.join("metrics.json"),
+        serde_json::to_string_pretty(metrics)?.as_bytes(),
+    )
 }
