@@ -1,5 +1,5 @@
-//! `lbwnet sweep`: train the float model once, retrain every (bits, method, c) cell from
-//! it, and write the tables and plots.
+//! `lbwnet sweep`: for each seed, train the float model, retrain every (bits, method, c)
+//! cell from it, and write the tables (spread over seeds) and plots.
 use crate::experiments::sweep::{run_sweep, SweepConfig};
 use anyhow::Result;
 use clap::Args;
@@ -16,10 +16,16 @@ pub struct SweepArgs {
     /// Print the paper-style table (best c per bit-width) instead of every cell.
     #[arg(long)]
     pub paper_table: bool,
+    /// Train every run under seeds 0..N instead of the config's `seeds`.
+    #[arg(long, value_name = "N")]
+    pub seeds: Option<usize>,
 }
 
 pub fn run(args: SweepArgs) -> Result<()> {
-    let sweep = SweepConfig::load(&args.config)?;
+    let mut sweep = SweepConfig::load(&args.config)?;
+    if let Some(count) = args.seeds {
+        sweep.set_seed_count(count)?;
+    }
     let table = run_sweep(&sweep, args.quick)?;
     let text = if args.paper_table {
         table.paper_table_markdown()

@@ -1,5 +1,6 @@
 //! PNG plots of a sweep: mAP against c for each bit-width, and mAP against bit-width at
-//! the best c, with the float model as a reference line.
+//! the best c, with the float model as a reference line. Points are means over seeds with
+//! their 95% intervals as error bars.
 use crate::experiments::table::SweepTable;
 use anyhow::{anyhow, Result};
 use plotters::coord::types::RangedCoordf64;
@@ -62,6 +63,9 @@ fn map_range(values: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> 
     (lo - pad).max(0.0)..(hi + pad).min(1.0)
 }
 
+/// One plotted point: x, the mean mAP, and its 95% interval when there are several seeds.
+type Point = (f64, f64, Option<[f64; 2]>);
+
 type Chart<'a, 'b> =
     ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
@@ -72,13 +76,17 @@ fn line_plot(
     caption: String,
     x_desc: &str,
     x: std::ops::Range<f64>,
-    series: &[(String, Vec<(f64, f64)>)],
+    series: &[(String, Vec<Point>)],
     float_map: Option<f64>,
 ) -> Result<()> {
     let y = map_range(
         series
             .iter()
-            .flat_map(|(_, p)| p.iter().map(|q| q.1))
+            .flat_map(|(_, p)| {
+                p.iter()
+                    .flat_map(|&(_, y, ci)| [Some(y), ci.map(|c| c[0]), ci.map(|c| c[1])])
+            })
+            .flatten()
             .chain(float_map),
     );
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
@@ -99,15 +107,21 @@ fn line_plot(
         .map_err(draw_error)?;
     for (i, (label, points)) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        let means = points.iter().map(|&(x, y, _)| (x, y));
         chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(means.clone(), color.stroke_width(2)))
             .map_err(draw_error)?
             .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .draw_series(means.map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(draw_error)?;
+        chart
+            .draw_series(points.iter().filter_map(|&(x, y, ci)| {
+                ci.map(|[lo, hi]| ErrorBar::new_vertical(x, lo, y, hi, color.stroke_width(1), 8))
+            }))
             .map_err(draw_error)?;
     }
     if let Some(f) = float_map {
@@ -145,13 +159,13 @@ fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Res
     let mut bits: Vec<u32> = lbw.iter().map(|r| r.bits).collect();
     bits.sort_unstable_by(|a, b| b.cmp(a));
     bits.dedup();
-    let series: Vec<(String, Vec<(f64, f64)>)> = bits
+    let series: Vec<(String, Vec<Point>)> = bits
         .iter()
         .map(|b| {
-            let mut points: Vec<(f64, f64)> = lbw
+            let mut points: Vec<Point> = lbw
                 .iter()
                 .filter(|r| r.bits == *b)
-                .filter_map(|r| r.c.map(|c| (c, r.map)))
+                .filter_map(|r| r.c.map(|c| (c, r.map, r.map_ci95)))
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             (format!("{b} bits"), points)
@@ -169,11 +183,11 @@ fn plot_map_vs_c(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Res
 }
 
 fn plot_map_vs_bits(table: &SweepTable, float_map: Option<f64>, path: &Path) -> Result<()> {
-    let mut points: Vec<(f64, f64)> = table
+    let mut points: Vec<Point> = table
         .best_per_bits()
         .iter()
         .filter(|r| r.method != "float")
-        .map(|r| (r.bits as f64, r.map))
+        .map(|r| (r.bits as f64, r.map, r.map_ci95))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let caption = format!("mAP against bit-width, best c (sweep {})", table.sweep);

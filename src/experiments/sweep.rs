@@ -1,9 +1,11 @@
-//! Bit-width and threshold sweeps, the paper's procedure made one command: train the float
-//! model once, then retrain every (bits, method, c) cell from it, skipping finished cells
-//! so an interrupted sweep resumes where it stopped.
+//! Bit-width and threshold sweeps, the paper's procedure made one command and repeated
+//! over seeds: for each seed, train the float model, then retrain every (bits, method, c)
+//! cell from that seed's float model. A finished run is reused only when its config is the
+//! planned one and its float model has not changed since, so an interrupted sweep resumes
+//! where it stopped and a changed sweep never reports stale cells.
 use crate::config::ExperimentConfig;
 use crate::experiments::plots::write_plots;
-use crate::experiments::table::{measure_cell, SweepRow, SweepTable};
+use crate::experiments::table::{measure_run, RunMeasure, SweepRow, SweepTable};
 use crate::fsutil::write_atomic;
 use crate::quant::{Method, FLOAT_BITS};
 use crate::train::checkpoint;
@@ -11,7 +13,6 @@ use crate::train::trainer::train;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepConfig {
@@ -29,6 +30,9 @@ pub struct SweepConfig {
     #[serde(default)]
     pub retrain: Vec<String>,
     pub cells: Vec<CellSpec>,
+    /// Every run is trained once per seed (`train.seed`); rows report the spread.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
     /// Extra overrides applied to every run under `--quick` (a smoke run).
     #[serde(default)]
     pub quick: QuickSpec,
@@ -36,6 +40,19 @@ pub struct SweepConfig {
 
 fn default_output_dir() -> PathBuf {
     PathBuf::from("results")
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One seed's runs: its float model and the cells retrained from it (the retrained float
+/// row first, then the cells in sweep order).
+#[derive(Debug, Clone)]
+pub struct SeedPlan {
+    pub seed: u64,
+    pub float: ExperimentConfig,
+    pub cells: Vec<ExperimentConfig>,
 }
 
 /// One bit-width and method, with the c values to try (lbw) or none.
@@ -87,6 +104,15 @@ impl SweepConfig {
                 sweep.base.display()
             );
         }
+        let mut seeds = sweep.seeds.clone();
+        seeds.sort_unstable();
+        seeds.dedup();
+        if seeds.is_empty() || seeds.len() != sweep.seeds.len() {
+            bail!(
+                "sweep config {}: key `seeds`: need at least one seed, each once",
+                path.display()
+            );
+        }
         for cell in &sweep.cells {
             if cell.bits == FLOAT_BITS || !(2..=8).contains(&cell.bits) {
                 bail!(
@@ -115,33 +141,58 @@ impl SweepConfig {
         self.output_dir.join(name)
     }
 
-    /// The experiment config of one run: base + sweep overrides + quick overrides. Runs
-    /// land in `<results>/<name>/<quant tag>`.
-    fn run_config(&self, sets: &[String], quick: bool, name: &str) -> Result<ExperimentConfig> {
+    /// Uses seeds `0..count` instead of the config's (`lbwnet sweep --seeds N`).
+    pub fn set_seed_count(&mut self, count: usize) -> Result<()> {
+        if count == 0 {
+            bail!("--seeds: need at least one seed");
+        }
+        self.seeds = (0..count as u64).collect();
+        Ok(())
+    }
+
+    /// The experiment config of one run: base + sweep overrides + quick overrides, with
+    /// the seed. Runs land in `<results>/seed-<k>/<name>/<quant tag>`.
+    fn run_config(
+        &self,
+        sets: &[String],
+        quick: bool,
+        name: &str,
+        seed: u64,
+    ) -> Result<ExperimentConfig> {
         let mut all: Vec<String> = sets.to_vec();
         if quick {
             all.extend(self.quick.set.iter().cloned());
         }
         all.push(format!("name={name}"));
+        all.push(format!("train.seed={seed}"));
         all.push(format!(
             "train.output_dir={}",
-            self.results_dir(quick).display()
+            self.results_dir(quick)
+                .join(format!("seed-{seed}"))
+                .display()
         ));
         ExperimentConfig::load(&self.base, &all)
     }
 
-    /// The float run every cell starts from, and the cells in table order: first the
-    /// float model retrained as long as the others (the fair 32-bit row: every row then
-    /// has had the same training), then each (bits, method, c).
-    pub fn plan(&self, quick: bool) -> Result<(ExperimentConfig, Vec<ExperimentConfig>)> {
+    /// For every seed: the float run every cell starts from, and the cells in table
+    /// order: first the float model retrained as long as the others (the fair 32-bit row:
+    /// every row then has had the same training), then each (bits, method, c).
+    pub fn plan(&self, quick: bool) -> Result<Vec<SeedPlan>> {
+        self.seeds
+            .iter()
+            .map(|&seed| self.plan_seed(quick, seed))
+            .collect()
+    }
+
+    fn plan_seed(&self, quick: bool, seed: u64) -> Result<SeedPlan> {
         let mut float_sets = self.float.clone();
         float_sets.push(format!("quant.bits={FLOAT_BITS}"));
-        let float_cfg = self.run_config(&float_sets, quick, "initial")?;
-        let init_from = format!("train.init_from={}", float_cfg.run_dir().display());
+        let float = self.run_config(&float_sets, quick, "initial", seed)?;
+        let init_from = format!("train.init_from={}", float.run_dir().display());
         let mut retrained_float = self.retrain.clone();
         retrained_float.push(format!("quant.bits={FLOAT_BITS}"));
         retrained_float.push(init_from.clone());
-        let mut cells = vec![self.run_config(&retrained_float, quick, "retrained")?];
+        let mut cells = vec![self.run_config(&retrained_float, quick, "retrained", seed)?];
         for cell in &self.cells {
             let mut cs: Vec<Option<f64>> = if cell.method == Method::Lbw && !cell.c.is_empty() {
                 cell.c.iter().copied().map(Some).collect()
@@ -161,49 +212,93 @@ impl SweepConfig {
                     sets.push(format!("quant.c={c}"));
                 }
                 sets.push(init_from.clone());
-                cells.push(self.run_config(&sets, quick, "retrained")?);
+                cells.push(self.run_config(&sets, quick, "retrained", seed)?);
             }
         }
-        Ok((float_cfg, cells))
+        Ok(SeedPlan { seed, float, cells })
     }
 }
 
-/// Trains `cfg` unless its run already finished; resumes it when it was interrupted.
-fn run_cell(cfg: &ExperimentConfig) -> Result<()> {
+/// Why a finished run cannot be reused for `cfg`, if it cannot: its saved config differs
+/// from the planned one, or the float model it was retrained from finished after it.
+fn stale_reason(cfg: &ExperimentConfig, upstream: Option<&Path>) -> Result<Option<String>> {
     let run_dir = cfg.run_dir();
-    if run_dir.join("metrics.json").is_file() {
-        tracing::info!("{}: finished earlier, skipped", run_dir.display());
-        return Ok(());
+    let saved_path = run_dir.join("config.yaml");
+    let saved = std::fs::read_to_string(&saved_path).unwrap_or_default();
+    let planned = cfg.to_yaml()?;
+    if saved != planned {
+        let differs = planned
+            .lines()
+            .zip(saved.lines().chain(std::iter::repeat("<missing>")))
+            .find(|(p, s)| p != s)
+            .map(|(p, s)| format!("planned `{p}`, saved `{s}`"))
+            .unwrap_or_else(|| "the saved config has extra lines".into());
+        return Ok(Some(format!(
+            "{} differs from the planned config ({differs})",
+            saved_path.display()
+        )));
     }
-    let resume = checkpoint::latest(&run_dir)?.is_some();
+    if let Some(float_dir) = upstream {
+        let finished =
+            |dir: &Path| std::fs::metadata(dir.join("metrics.json")).and_then(|m| m.modified());
+        if let (Ok(float), Ok(own)) = (finished(float_dir), finished(&run_dir)) {
+            if float > own {
+                return Ok(Some(format!(
+                    "its float model {} was retrained after it finished",
+                    float_dir.display()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Trains `cfg` unless an up-to-date run of it finished; resumes it when it was
+/// interrupted with the planned config. `upstream` is the float run it starts from.
+fn run_job(cfg: &ExperimentConfig, upstream: Option<&Path>) -> Result<()> {
+    let run_dir = cfg.run_dir();
+    let stale = stale_reason(cfg, upstream)?;
+    if run_dir.join("metrics.json").is_file() {
+        match &stale {
+            None => {
+                tracing::info!("{}: finished earlier, reused", run_dir.display());
+                return Ok(());
+            }
+            Some(why) => tracing::info!("{}: retraining: {why}", run_dir.display()),
+        }
+    }
+    let resume = stale.is_none() && checkpoint::latest(&run_dir)?.is_some();
+    if resume {
+        tracing::info!("{}: resuming its latest checkpoint", run_dir.display());
+    }
     let (metrics, _) = train(cfg, resume.then_some(run_dir.as_path()))?;
     tracing::info!("{}: mAP {:.4}", run_dir.display(), metrics.map);
     Ok(())
 }
 
-/// Runs the whole sweep and writes `table.md`, `table.json`, `paper_table.md` and the
-/// plots into the results directory. Returns the table.
+/// Runs the whole sweep (every seed's float model and cells) and writes `table.md`,
+/// `table.json`, `paper_table.md` and the plots into the results directory.
 pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
-    let (float_cfg, cells) = sweep.plan(quick)?;
+    let plans = sweep.plan(quick)?;
     let started = std::time::Instant::now();
-    run_cell(&float_cfg)?;
-    for cfg in &cells {
-        run_cell(cfg)?;
+    let jobs = plans.len() * (1 + plans.first().map_or(0, |p| p.cells.len()));
+    let mut done = 0;
+    for plan in &plans {
+        for (cfg, upstream) in std::iter::once((&plan.float, None))
+            .chain(plan.cells.iter().map(|c| (c, Some(plan.float.run_dir()))))
+        {
+            done += 1;
+            tracing::info!(
+                "sweep {}: job {done}/{jobs}: seed {}, {}",
+                sweep.name,
+                plan.seed,
+                cfg.run_dir().display()
+            );
+            run_job(cfg, upstream.as_deref())
+                .with_context(|| format!("sweep job {}", cfg.run_dir().display()))?;
+        }
     }
-    let initial_float = measure_cell(&float_cfg, None)?;
-    let reference = measure_cell(&cells[0], None)?;
-    let mut rows: Vec<SweepRow> = vec![reference];
-    for cfg in &cells[1..] {
-        rows.push(measure_cell(cfg, Some(rows[0].map))?);
-    }
-    let table = SweepTable {
-        sweep: sweep.name.clone(),
-        quick,
-        initial_float_map: initial_float.map,
-        initial_float_iterations: initial_float.iterations,
-        rows,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    let table = measure_sweep(sweep, quick, &plans, started.elapsed().as_secs_f64())?;
     let dir = sweep.results_dir(quick);
     write_atomic(
         &dir.join("table.json"),
@@ -216,4 +311,34 @@ pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
     )?;
     write_plots(&table, &dir)?;
     Ok(table)
+}
+
+/// Measures every finished run and aggregates each cell over the seeds.
+fn measure_sweep(
+    sweep: &SweepConfig,
+    quick: bool,
+    plans: &[SeedPlan],
+    seconds: f64,
+) -> Result<SweepTable> {
+    let initial: Vec<RunMeasure> = plans
+        .iter()
+        .map(|p| measure_run(&p.float))
+        .collect::<Result<_>>()?;
+    let cell_count = plans.first().map_or(0, |p| p.cells.len());
+    let per_cell: Vec<Vec<RunMeasure>> = (0..cell_count)
+        .map(|j| plans.iter().map(|p| measure_run(&p.cells[j])).collect())
+        .collect::<Result<_>>()?;
+    let rows = per_cell
+        .iter()
+        .map(|runs| SweepRow::from_runs(runs, &per_cell[0]))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SweepTable {
+        sweep: sweep.name.clone(),
+        quick,
+        seeds: sweep.seeds.clone(),
+        initial_float_maps: initial.iter().map(|r| r.map).collect(),
+        initial_float_iterations: initial.first().map_or(0, |r| r.iterations),
+        rows,
+        seconds,
+    })
 }

@@ -1,28 +1,35 @@
-//! One row per sweep cell: mAP, its difference to float, weight storage and compression,
-//! and how far the cell's quantizer is from the exact optimum on the trained weights.
+//! The sweep's table: one row per (bits, method, c), aggregated over seeds. Each row gives
+//! every seed's mAP, their mean, sample standard deviation and 95% Student-t interval, the
+//! difference to the float model paired per seed (each seed's cell minus the same seed's
+//! float row) with its own interval, AP@[.5:.95], weight storage and compression, and how
+//! far the cell's quantizer is from the exact optimum on the trained weights.
 use crate::config::ExperimentConfig;
+use crate::experiments::stats::SeedSummary;
 use crate::quant::{packing::storage_bytes, quantize, Method, QuantSpec};
 use crate::train::checkpoint;
-use crate::train::trainer::build_model;
-use anyhow::{Context, Result};
+use crate::train::trainer::{build_model, Timing};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// What one finished run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SweepRow {
+pub struct RunMeasure {
     /// 32 for the float model.
     pub bits: u32,
     /// `float`, `lbw`, `ternary`, ...
     pub method: String,
     pub c: Option<f64>,
+    pub seed: u64,
+    /// The configured metric's mAP (`eval.metric`).
     pub map: f64,
-    /// mAP minus the retrained float model's (0 for the float row).
-    pub delta_map: f64,
+    /// COCO-style AP@[.5:.95].
+    pub coco_ap: f64,
     /// Bytes of all weights: b-bit codes plus one f32 alpha per quantized layer, f32 for
     /// everything kept in float (biases, norms, float layers).
     pub storage_bytes: u64,
-    /// The float model's bytes divided by this row's.
+    /// The float model's bytes divided by this run's.
     pub compression: f64,
     /// Mean over quantized layers of this quantizer's squared error divided by the exact
     /// optimum's, on the trained master weights (1 = optimal); none for float.
@@ -32,12 +39,51 @@ pub struct SweepRow {
     pub run_dir: PathBuf,
 }
 
+/// One cell of the sweep over all its seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRow {
+    pub bits: u32,
+    pub method: String,
+    pub c: Option<f64>,
+    /// The seeds, in the order of every per-seed list below.
+    pub seeds: Vec<u64>,
+    pub maps: Vec<f64>,
+    /// Mean mAP over seeds.
+    pub map: f64,
+    /// Sample standard deviation over seeds (none with one seed).
+    pub map_std: Option<f64>,
+    pub map_ci95: Option<[f64; 2]>,
+    /// Per seed: this cell's mAP minus the float row's of the same seed.
+    pub delta_maps: Vec<f64>,
+    /// Mean of `delta_maps`.
+    pub delta_map: f64,
+    pub delta_ci95: Option<[f64; 2]>,
+    /// The Δ interval excludes 0.
+    pub delta_significant: bool,
+    /// AP@[.5:.95] per seed, mean and interval.
+    pub coco_aps: Vec<f64>,
+    pub coco_ap: f64,
+    pub coco_ap_ci95: Option<[f64; 2]>,
+    /// AP@[.5:.95] minus the float row's, paired per seed.
+    pub delta_coco_ap: f64,
+    pub delta_coco_ap_ci95: Option<[f64; 2]>,
+    pub storage_bytes: u64,
+    pub compression: f64,
+    /// Mean over seeds of the per-run quantizer error ratio.
+    pub error_vs_exact: Option<f64>,
+    pub iterations: usize,
+    /// Mean training seconds per seed.
+    pub train_seconds: f64,
+    pub run_dirs: Vec<PathBuf>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepTable {
     pub sweep: String,
     pub quick: bool,
-    /// mAP and length of the float training every row was retrained from.
-    pub initial_float_map: f64,
+    pub seeds: Vec<u64>,
+    /// mAP per seed and length of the float training every row was retrained from.
+    pub initial_float_maps: Vec<f64>,
     pub initial_float_iterations: usize,
     /// The retrained float row first, then the cells in sweep order.
     pub rows: Vec<SweepRow>,
@@ -49,18 +95,35 @@ pub struct SweepTable {
 struct RunMetrics {
     map: f64,
     iterations: usize,
-    train_seconds: f64,
+    coco: Option<CocoAp>,
+}
+
+#[derive(Deserialize)]
+struct CocoAp {
+    ap: f64,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }
 
 /// Reads a finished run and measures its storage and quantizer error.
-pub fn measure_cell(cfg: &ExperimentConfig, float_map: Option<f64>) -> Result<SweepRow> {
+pub fn measure_run(cfg: &ExperimentConfig) -> Result<RunMeasure> {
     let run_dir = cfg.run_dir();
     let metrics_path = run_dir.join("metrics.json");
-    let metrics: RunMetrics = serde_json::from_str(
-        &std::fs::read_to_string(&metrics_path)
-            .with_context(|| format!("reading {}", metrics_path.display()))?,
-    )
-    .with_context(|| format!("{} is not a metrics file", metrics_path.display()))?;
+    let metrics: RunMetrics = read_json(&metrics_path)?;
+    let Some(coco) = metrics.coco else {
+        bail!(
+            "{} has no `coco` metrics (written by an older lbwnet); delete the run to retrain it",
+            metrics_path.display()
+        );
+    };
+    // Wall-clock figures are informative only; a run copied without them still counts.
+    let train_seconds = read_json::<Timing>(&run_dir.join("timing.json"))
+        .map(|t| t.train_seconds)
+        .unwrap_or(0.0);
 
     let classes = crate::data::voc::VocDataset::open(
         &cfg.data.root,
@@ -109,22 +172,79 @@ pub fn measure_cell(cfg: &ExperimentConfig, float_map: Option<f64>) -> Result<Sw
     })?;
     storage += 4 * (total_params - quantized_params) as u64;
     let float_bytes = 4 * total_params as u64;
-    Ok(SweepRow {
+    Ok(RunMeasure {
         bits: cfg.quant.bits,
         method: spec
             .map(|s| s.method.name().to_string())
             .unwrap_or_else(|| "float".into()),
         c: spec.filter(|s| s.method == Method::Lbw).map(|s| s.c),
+        seed: cfg.train.seed,
         map: metrics.map,
-        delta_map: float_map.map(|f| metrics.map - f).unwrap_or(0.0),
+        coco_ap: coco.ap,
         storage_bytes: storage,
         compression: float_bytes as f64 / storage as f64,
-        error_vs_exact: (!ratios.is_empty())
-            .then(|| ratios.iter().sum::<f64>() / ratios.len() as f64),
+        error_vs_exact: (!ratios.is_empty()).then(|| mean(&ratios)),
         iterations: metrics.iterations,
-        train_seconds: metrics.train_seconds,
+        train_seconds,
         run_dir,
     })
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+impl SweepRow {
+    /// Aggregates one cell's runs (one per seed) against the float row's runs of the
+    /// same seeds, in the same order.
+    pub fn from_runs(runs: &[RunMeasure], float: &[RunMeasure]) -> Result<Self> {
+        let first = runs.first().context("a sweep row needs at least one run")?;
+        if runs.len() != float.len() || runs.iter().zip(float).any(|(r, f)| r.seed != f.seed) {
+            bail!(
+                "the runs of {} and the float row cover different seeds",
+                first.run_dir.display()
+            );
+        }
+        let collect = |f: fn(&RunMeasure) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+        let paired = |f: fn(&RunMeasure) -> f64| -> Vec<f64> {
+            runs.iter().zip(float).map(|(r, fl)| f(r) - f(fl)).collect()
+        };
+        let maps = collect(|r| r.map);
+        let coco_aps = collect(|r| r.coco_ap);
+        let delta_maps = paired(|r| r.map);
+        let (map, delta, coco, delta_coco) = (
+            SeedSummary::of(&maps),
+            SeedSummary::of(&delta_maps),
+            SeedSummary::of(&coco_aps),
+            SeedSummary::of(&paired(|r| r.coco_ap)),
+        );
+        let errors: Vec<f64> = runs.iter().filter_map(|r| r.error_vs_exact).collect();
+        Ok(Self {
+            bits: first.bits,
+            method: first.method.clone(),
+            c: first.c,
+            seeds: runs.iter().map(|r| r.seed).collect(),
+            maps,
+            map: map.mean,
+            map_std: map.std,
+            map_ci95: map.ci95,
+            delta_maps,
+            delta_map: delta.mean,
+            delta_ci95: delta.ci95,
+            delta_significant: delta.excludes_zero(),
+            coco_aps,
+            coco_ap: coco.mean,
+            coco_ap_ci95: coco.ci95,
+            delta_coco_ap: delta_coco.mean,
+            delta_coco_ap_ci95: delta_coco.ci95,
+            storage_bytes: first.storage_bytes,
+            compression: first.compression,
+            error_vs_exact: (!errors.is_empty()).then(|| mean(&errors)),
+            iterations: first.iterations,
+            train_seconds: mean(&collect(|r| r.train_seconds)),
+            run_dirs: runs.iter().map(|r| r.run_dir.clone()).collect(),
+        })
+    }
 }
 
 fn format_c(c: Option<f64>) -> String {
@@ -135,39 +255,89 @@ fn format_bytes(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / 1e6)
 }
 
+fn format_mean_std(mean: f64, std: Option<f64>) -> String {
+    match std {
+        Some(s) => format!("{mean:.4} ± {s:.4}"),
+        None => format!("{mean:.4}"),
+    }
+}
+
+fn format_ci(ci: Option<[f64; 2]>, signed: bool) -> String {
+    match (ci, signed) {
+        (Some([lo, hi]), true) => format!("[{lo:+.4}, {hi:+.4}]"),
+        (Some([lo, hi]), false) => format!("[{lo:.4}, {hi:.4}]"),
+        (None, _) => "-".into(),
+    }
+}
+
+/// `+0.0123 [-0.0050, +0.0296] *`: the paired mean difference, its interval, and a star
+/// when the interval excludes 0.
+fn format_delta(row: &SweepRow) -> String {
+    let mark = if row.delta_significant { " *" } else { "" };
+    match row.delta_ci95 {
+        Some(_) => format!(
+            "{:+.4} {}{mark}",
+            row.delta_map,
+            format_ci(row.delta_ci95, true)
+        ),
+        None => format!("{:+.4}", row.delta_map),
+    }
+}
+
 impl SweepTable {
-    /// Every cell, in sweep order.
-    /// Which training every row had, for the tables' preambles.
+    /// Which training every row had and how to read the intervals: the tables' preamble.
     fn provenance(&self) -> String {
+        let float = SeedSummary::of(&self.initial_float_maps);
+        let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
         format!(
-            "Every row, the 32-bit one included, was retrained {} iterations from one float model \
-             trained {} iterations (mAP {:.4}); Δ is against the retrained 32-bit row.\n\n",
-            self.rows.first().map_or(0, |r| r.iterations),
+            "Seeds {} ({} per row). For each seed, a float model was trained {} iterations (mAP {}), \
+             and every row, the 32-bit one included, was retrained {} iterations from that seed's float model. \
+             mAP is mean ± sample standard deviation over seeds with its 95% Student-t interval; \
+             Δ is each seed's row minus the same seed's retrained 32-bit row, averaged, with its 95% interval; \
+             `*` marks a Δ whose interval excludes 0.\n\n",
+            seeds.join(", "),
+            self.seeds.len(),
             self.initial_float_iterations,
-            self.initial_float_map
+            format_mean_std(float.mean, float.std),
+            self.rows.first().map_or(0, |r| r.iterations),
         )
     }
 
-    pub fn to_markdown(&self) -> String {
-        let mut out = format!(
-            "# Sweep `{}`{}\n\n{}| bits | method | c | mAP | Δ vs float | weights | compression | error / exact | iters | train s |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    fn title(&self, what: &str) -> String {
+        format!(
+            "# {what} `{}`{}\n\n{}",
             self.sweep,
-            if self.quick { " (quick smoke run: numbers are not meaningful)" } else { "" },
+            if self.quick {
+                " (quick smoke run: numbers are not meaningful)"
+            } else {
+                ""
+            },
             self.provenance()
-        );
+        )
+    }
+
+    /// Every cell, in sweep order.
+    pub fn to_markdown(&self) -> String {
+        let mut out = self.title("Sweep");
+        out += "| bits | method | c | mAP | mAP 95% CI | Δ vs float [95% CI] | AP@[.5:.95] | weights | compression | error / exact | mAP per seed | iters | train s |\n\
+                |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n";
         for r in &self.rows {
+            let per_seed: Vec<String> = r.maps.iter().map(|m| format!("{m:.4}")).collect();
             out += &format!(
-                "| {} | {} | {} | {:.4} | {:+.4} | {} | {:.2}x | {} | {} | {:.0} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} |\n",
                 r.bits,
                 r.method,
                 format_c(r.c),
-                r.map,
-                r.delta_map,
+                format_mean_std(r.map, r.map_std),
+                format_ci(r.map_ci95, false),
+                format_delta(r),
+                format_mean_std(r.coco_ap, SeedSummary::of(&r.coco_aps).std),
                 format_bytes(r.storage_bytes),
                 r.compression,
                 r.error_vs_exact
                     .map(|e| format!("{e:.3}"))
                     .unwrap_or_else(|| "-".into()),
+                per_seed.join(", "),
                 r.iterations,
                 r.train_seconds
             );
@@ -175,7 +345,7 @@ impl SweepTable {
         out
     }
 
-    /// The best row per bit-width (highest mAP; the first on ties), float first, then
+    /// The best row per bit-width by mean mAP (the first on ties), float first, then
     /// bit-widths descending: the paper's table.
     pub fn best_per_bits(&self) -> Vec<&SweepRow> {
         let mut bits: Vec<u32> = self.rows.iter().map(|r| r.bits).collect();
@@ -195,20 +365,20 @@ impl SweepTable {
     }
 
     pub fn paper_table_markdown(&self) -> String {
-        let mut out = format!(
-            "# LBW-Net table (sweep `{}`{})\n\n{}| bits | method | best c | mAP | Δ vs 32-bit | weights | compression |\n|---:|---|---:|---:|---:|---:|---:|\n",
-            self.sweep,
-            if self.quick { ", quick smoke run" } else { "" },
-            self.provenance()
-        );
+        let mut out = self.title("LBW-Net table (best c per bit-width by mean mAP), sweep");
+        out += "| bits | method | best c | mAP | Δ vs 32-bit [95% CI] | AP@[.5:.95] | Δ AP@[.5:.95] | weights | compression |\n\
+                |---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
         for r in self.best_per_bits() {
             out += &format!(
-                "| {} | {} | {} | {:.4} | {:+.4} | {} | {:.2}x |\n",
+                "| {} | {} | {} | {} | {} | {:.4} | {:+.4} {} | {} | {:.2}x |\n",
                 r.bits,
                 r.method,
                 format_c(r.c),
-                r.map,
-                r.delta_map,
+                format_mean_std(r.map, r.map_std),
+                format_delta(r),
+                r.coco_ap,
+                r.delta_coco_ap,
+                format_ci(r.delta_coco_ap_ci95, true),
                 format_bytes(r.storage_bytes),
                 r.compression
             );
