@@ -330,6 +330,8 @@ pub enum ApMetric {
     Voc07,
     /// VOC2010+ area under the monotone precision-recall curve.
     Area,
+    /// COCO AP@[.5:.95] as pycocotools' COCOeval (difficult objects are crowds).
+    Coco,
 }
 
 impl ApMetric {
@@ -337,6 +339,7 @@ impl ApMetric {
         match self {
             ApMetric::Voc07 => "voc07",
             ApMetric::Area => "area",
+            ApMetric::Coco => "coco",
         }
     }
 }

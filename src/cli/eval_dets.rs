@@ -17,9 +17,13 @@ pub struct EvalDetsArgs {
     /// Folder with `comp4_det_<split>_<class>.txt` files (a missing file: no detections).
     #[arg(long)]
     pub dets: PathBuf,
+    /// `voc07`, `area`, or `coco` (map = COCO AP@[.5:.95]); the COCO metrics are
+    /// reported with every metric.
     #[arg(long, value_enum, default_value_t = ApMetric::Voc07)]
     pub metric: ApMetric,
-    /// Print one JSON line `{"metric":..,"map":..,"ap":{"<class>":..}}` instead of a table.
+    /// Print one JSON line `{"metric":..,"map":..,"ap":{"<class>":..},"coco":{"ap":..,
+    /// "ap50":..,"ap75":..,"ap_small":..,"ap_medium":..,"ap_large":..,"ar1":..,"ar10":..,
+    /// "ar100":..}}` instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -1,13 +1,16 @@
 //! PASCAL VOC evaluation (SPEC §3): comp4 detection files and per-class AP exactly as
 //! py-faster-rcnn's `voc_eval`, both the 11-point (VOC2007) and the area (VOC2010+)
-//! metric.
+//! metric, and beside them COCO-style metrics exactly as pycocotools' `COCOeval`
+//! ([`coco`]), computed on every evaluation.
 //!
 //! The detector evaluates through [`write_and_evaluate`]: it writes the comp4 files and
 //! scores what it reads back, so `lbwnet eval` and `lbwnet eval-dets` on the same files
 //! give the same numbers (the files round scores to 3 decimals).
+pub mod coco;
 pub mod detections;
 pub mod voc_ap;
 
+pub use coco::{coco_evaluate, CocoMetrics};
 pub use detections::{comp4_path, read_comp4, write_comp4, Detection};
 pub use voc_ap::{class_ap, voc_ap, ClassAp, ImageGroundTruth};
 
@@ -18,27 +21,38 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Per-class AP and their mean.
+/// Per-class AP and their mean, and the COCO metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalReport {
     pub metric: ApMetric,
-    /// Mean over all classes (a class without ground truth counts with AP 0).
+    /// VOC metrics: mean over all classes (a class without ground truth counts with AP
+    /// 0). `coco`: AP@[.5:.95] (`coco.ap`).
     pub map: f64,
-    /// `(class, AP)` in class order.
+    /// `(class, AP)` in class order. `coco`: each class's AP@[.5:.95], -1 for a class
+    /// without non-difficult ground truth (pycocotools' value; `map` leaves it out).
     pub ap: Vec<(String, f64)>,
     /// Non-difficult ground-truth objects per class, in class order.
     pub npos: Vec<usize>,
+    /// COCO-style metrics, whatever `metric` is.
+    pub coco: CocoMetrics,
 }
 
 impl EvalReport {
-    /// `{"metric": .., "map": .., "ap": {"<class>": ..}}`, classes in order.
+    /// `{"metric": .., "map": .., "ap": {"<class>": ..}, "coco": {"ap": .., "ap50": ..,
+    /// "ap75": .., "ap_small": .., "ap_medium": .., "ap_large": .., "ar1": .., "ar10": ..,
+    /// "ar100": ..}}`, classes in order.
     pub fn to_json(&self) -> serde_json::Value {
         let ap: serde_json::Map<String, serde_json::Value> = self
             .ap
             .iter()
             .map(|(class, ap)| (class.clone(), serde_json::json!(ap)))
             .collect();
-        serde_json::json!({ "metric": self.metric.name(), "map": self.map, "ap": ap })
+        serde_json::json!({
+            "metric": self.metric.name(),
+            "map": self.map,
+            "ap": ap,
+            "coco": self.coco,
+        })
     }
 
     /// A per-class table with the ground-truth counts and the mAP row.
@@ -48,13 +62,27 @@ impl EvalReport {
             self.metric.name()
         );
         for ((class, ap), npos) in self.ap.iter().zip(&self.npos) {
-            let _ = writeln!(out, "| {class} | {npos} | {ap:.4} |");
+            if *ap < 0.0 {
+                // `coco`: no ground truth, left out of the mean.
+                let _ = writeln!(out, "| {class} | {npos} | n/a |");
+            } else {
+                let _ = writeln!(out, "| {class} | {npos} | {ap:.4} |");
+            }
         }
         let _ = writeln!(
             out,
             "| **mAP** | {} | **{:.4}** |",
             self.npos.iter().sum::<usize>(),
             self.map
+        );
+        let c = &self.coco;
+        let _ = write!(
+            out,
+            "\nCOCO (pycocotools bbox; -1: no ground truth)\n\n\
+             | AP | AP50 | AP75 | APs | APm | APl | AR1 | AR10 | AR100 |\n\
+             |--:|--:|--:|--:|--:|--:|--:|--:|--:|\n\
+             | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+            c.ap, c.ap50, c.ap75, c.ap_small, c.ap_medium, c.ap_large, c.ar1, c.ar10, c.ar100
         );
         out
     }
@@ -74,6 +102,25 @@ pub fn evaluate(
             classes.len(),
             per_class.len()
         );
+    }
+    let (coco, coco_class_ap) = coco_evaluate(annotations, classes, per_class)?;
+    if metric == ApMetric::Coco {
+        let npos = (0..classes.len())
+            .map(|c| {
+                annotations
+                    .iter()
+                    .flat_map(|a| &a.objects)
+                    .filter(|o| o.class_index == c && !o.difficult)
+                    .count()
+            })
+            .collect();
+        return Ok(EvalReport {
+            metric,
+            map: coco.ap,
+            ap: classes.iter().cloned().zip(coco_class_ap).collect(),
+            npos,
+            coco,
+        });
     }
     let mut ap = Vec::with_capacity(classes.len());
     let mut npos = Vec::with_capacity(classes.len());
@@ -103,6 +150,7 @@ pub fn evaluate(
         map: voc_ap::numpy_mean(&values),
         ap,
         npos,
+        coco,
     })
 }
 

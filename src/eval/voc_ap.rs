@@ -40,6 +40,9 @@ pub fn class_ap(
     detections: &[Detection],
     metric: ApMetric,
 ) -> Result<ClassAp> {
+    if metric == ApMetric::Coco {
+        bail!("`coco` is not a VOC AP metric (see eval::coco)");
+    }
     let npos = ground_truth
         .values()
         .map(|g| g.difficult.iter().filter(|d| !**d).count())
@@ -132,7 +135,8 @@ fn cumsum(values: &mut [f64]) {
     }
 }
 
-/// `voc_ap(rec, prec, use_07_metric)`.
+/// `voc_ap(rec, prec, use_07_metric)`. `coco` is no VOC curve metric ([`class_ap`]
+/// refuses it); here it falls back to the area rule.
 pub fn voc_ap(rec: &[f64], prec: &[f64], metric: ApMetric) -> f64 {
     match metric {
         ApMetric::Voc07 => {
@@ -150,7 +154,7 @@ pub fn voc_ap(rec: &[f64], prec: &[f64], metric: ApMetric) -> f64 {
             }
             ap
         }
-        ApMetric::Area => {
+        ApMetric::Area | ApMetric::Coco => {
             let mrec: Vec<f64> = std::iter::once(0.0)
                 .chain(rec.iter().copied())
                 .chain(std::iter::once(1.0))
