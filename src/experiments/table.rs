@@ -386,3 +386,63 @@ impl SweepTable {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seed: u64, bits: u32, map: f64, coco_ap: f64) -> RunMeasure {
+        RunMeasure {
+            bits,
+            method: if bits == 32 { "float" } else { "lbw" }.into(),
+            c: (bits != 32).then_some(7.2),
+            seed,
+            map,
+            coco_ap,
+            storage_bytes: 1000,
+            compression: 1.0,
+            error_vs_exact: (bits != 32).then_some(1.1),
+            iterations: 10,
+            train_seconds: 1.0,
+            run_dir: PathBuf::from(format!("seed-{seed}")),
+        }
+    }
+
+    #[test]
+    fn rows_pair_each_seed_with_its_own_float_run() {
+        let float = [
+            run(0, 32, 0.70, 0.40),
+            run(1, 32, 0.60, 0.30),
+            run(2, 32, 0.65, 0.35),
+        ];
+        // Seeds disagree on the level by 10 points but agree the cell loses 2 to 4.
+        let cell = [
+            run(0, 4, 0.68, 0.36),
+            run(1, 4, 0.57, 0.26),
+            run(2, 4, 0.61, 0.31),
+        ];
+        let row = SweepRow::from_runs(&cell, &float).unwrap();
+        assert_eq!(row.seeds, vec![0, 1, 2]);
+        assert!((row.map - 0.62).abs() < 1e-12);
+        let deltas = [-0.02, -0.03, -0.04];
+        for (d, e) in row.delta_maps.iter().zip(deltas) {
+            assert!((d - e).abs() < 1e-12);
+        }
+        assert!((row.delta_map + 0.03).abs() < 1e-12);
+        // Paired: sd 0.01 over 3 seeds, t = 4.3027; unpaired the interval would span 0.
+        let [lo, hi] = row.delta_ci95.unwrap();
+        let half = 4.302652729911275 * 0.01 / 3f64.sqrt();
+        assert!((lo - (-0.03 - half)).abs() < 1e-9 && (hi - (-0.03 + half)).abs() < 1e-9);
+        assert!(row.delta_significant);
+        let [map_lo, map_hi] = row.map_ci95.unwrap();
+        assert!(map_lo < 0.5 && map_hi > 0.7, "unpaired spread is wide");
+        assert!((row.delta_coco_ap + 0.04).abs() < 1e-12);
+        assert!(
+            !SweepRow::from_runs(&float, &float)
+                .unwrap()
+                .delta_significant
+        );
+        // Mismatched seeds are refused.
+        assert!(SweepRow::from_runs(&cell[..2], &float[1..]).is_err());
+    }
+}
