@@ -12,5 +12,7 @@ pub mod eval;
 pub mod experiments;
 pub mod fsutil;
 pub mod nn;
+pub mod npy;
+pub mod progress;
 pub mod quant;
 pub mod train;

@@ -386,17 +386,23 @@ fn ensure_synthetic_generates_once_and_refuses_mismatches() {
         synthetic: Some(spec(9)),
         ..DataConfig::default()
     };
-    ensure_synthetic(&cfg).unwrap();
+    ensure_synthetic(&cfg.root, cfg.synthetic.as_ref()).unwrap();
     assert!(cfg.root.join("ImageSets/Main/test.txt").is_file());
-    ensure_synthetic(&cfg).unwrap();
+    ensure_synthetic(&cfg.root, cfg.synthetic.as_ref()).unwrap();
     cfg.synthetic = Some(spec(10));
-    let err = format!("{:#}", ensure_synthetic(&cfg).unwrap_err());
+    let err = format!(
+        "{:#}",
+        ensure_synthetic(&cfg.root, cfg.synthetic.as_ref()).unwrap_err()
+    );
     assert!(
         err.contains("data.root") && err.contains("gen-data --force"),
         "{err}"
     );
     std::fs::remove_file(cfg.root.join(synthetic::MARKER_FILE)).unwrap();
-    let err = format!("{:#}", ensure_synthetic(&cfg).unwrap_err());
+    let err = format!(
+        "{:#}",
+        ensure_synthetic(&cfg.root, cfg.synthetic.as_ref()).unwrap_err()
+    );
     assert!(err.contains("not a synthetic data set"), "{err}");
 }
 

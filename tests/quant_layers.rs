@@ -34,12 +34,12 @@ fn linear_gradient_is_the_gradient_at_the_quantized_weight() {
         !quantized.equal(&fc.weight.detach()),
         "the test needs Q(W) != W"
     );
-    assert_close(&y, &x.linear(&quantized, Some(&fc.bias)), "forward");
+    assert_close(&y, &x.linear(&quantized, fc.bias.as_ref()), "forward");
     (&y * &upstream).sum(Kind::Float).backward();
 
     // The same loss with W_q as a leaf of its own.
     let leaf = quantized.detach().set_requires_grad(true);
-    (x.linear(&leaf, Some(&fc.bias.detach())) * &upstream)
+    (x.linear(&leaf, fc.bias.as_ref().map(Tensor::detach).as_ref()) * &upstream)
         .sum(Kind::Float)
         .backward();
     assert_close(&fc.weight.grad(), &leaf.grad(), "d loss / d W");
@@ -49,7 +49,7 @@ fn linear_gradient_is_the_gradient_at_the_quantized_weight() {
         "d loss / d W by hand",
     );
     assert_close(
-        &fc.bias.grad(),
+        &fc.bias.as_ref().unwrap().grad(),
         &upstream.sum_dim_intlist(0, false, Kind::Float),
         "d loss / d bias",
     );
@@ -141,4 +141,23 @@ fn registry_lists_alpha_sparsity_and_levels_per_layer() {
     assert!(serde_json::to_string(&stats)
         .unwrap()
         .contains("\"level_counts\":["));
+}
+
+#[test]
+fn qlinear_without_bias_has_no_bias_variable() {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let registry = QuantRegistry::default();
+    let config = tch::nn::LinearConfig {
+        bias: false,
+        ..Default::default()
+    };
+    let layer = qlinear(&(vs.root() / "fc"), &registry, None, 3, 2, config);
+    assert!(layer.bias.is_none());
+    assert_eq!(vs.variables().keys().collect::<Vec<_>>(), vec!["fc.weight"]);
+    let x = tch::Tensor::ones([1, 3], (tch::Kind::Float, tch::Device::Cpu));
+    let expected = layer
+        .weight
+        .sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float);
+    let y = tch::nn::Module::forward(&layer, &x).view([-1]);
+    assert!(y.allclose(&expected, 1e-6, 1e-6, false));
 }

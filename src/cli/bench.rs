@@ -88,7 +88,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn run_loader(args: LoaderBenchArgs) -> Result<()> {
     let cfg = args.config.load()?;
     cfg.check_data_path()?;
-    crate::data::synthetic::ensure_synthetic(&cfg.data)?;
+    crate::data::synthetic::ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     let dataset = std::sync::Arc::new(crate::data::voc::VocDataset::open(
         &cfg.data.root,
         &cfg.data.train_split,
@@ -116,7 +116,7 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
         .filter(|&(h, w)| h > 0 && w > 0)
         .with_context(|| format!("--size {}: expected HEIGHTxWIDTH, e.g. 600x1000", args.size))?;
     let device = bench_device(args.device)?;
-    crate::train::trainer::configure_threads(cfg.train.threads);
+    crate::train::setup::configure_threads(cfg.train.threads);
     let timing = crate::train::bench::bench_train_step(
         &cfg,
         args.bits,

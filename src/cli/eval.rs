@@ -6,7 +6,7 @@ use crate::data::synthetic::ensure_synthetic;
 use crate::data::voc::VocDataset;
 use crate::train::checkpoint;
 use crate::train::evaluate::evaluate_model;
-use crate::train::trainer::{build_model, configure_threads, select_device};
+use crate::train::setup::{build_model, configure_threads, select_device};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     };
     cfg.check_data_path()?;
-    ensure_synthetic(&cfg.data)?;
+    ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     let device = select_device(cfg.train.device)?;
     configure_threads(cfg.train.threads);
     let test_set = Arc::new(VocDataset::open(

@@ -1,21 +1,14 @@
 //! Faster R-CNN: backbone trunk (stride 16) → RPN → RoI head, with every conv and fc
 //! weight going through the quantize-on-forward layers (SPEC §1.5, §2).
 use crate::config::{EvalConfig, ExperimentConfig};
-use crate::detect::roi_head::{Detections, RoiHead};
-use crate::detect::rpn::Rpn;
+use crate::detect::image_list::{ImageBatch, ImageTarget};
+use crate::detect::roi_head::{Detections, RoiHead, SampledRois};
+use crate::detect::rpn::{Rpn, RpnOutput};
 use crate::nn::backbones::{build_backbone, LayerQuant};
 use crate::nn::QuantRegistry;
 use anyhow::Result;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
-
-/// Ground truth of one image, in network-input coordinates.
-pub struct ImageTarget {
-    /// `[K, 4]` x1, y1, x2, y2.
-    pub boxes: Tensor,
-    /// `[K]` 1..=num_classes.
-    pub labels: Tensor,
-}
 
 /// The four training losses; their sum is what is minimized.
 pub struct LossTerms {
@@ -38,46 +31,6 @@ impl LossTerms {
             ("cls", self.classifier.double_value(&[])),
             ("box", self.box_reg.double_value(&[])),
         ]
-    }
-}
-
-/// A batch of images padded to one size, with what the detector needs to undo it.
-pub struct ImageBatch {
-    /// `[N, 3, H, W]`, zero-padded at the bottom and right.
-    pub images: Tensor,
-    /// (height, width) of each image before padding.
-    pub sizes: Vec<(i64, i64)>,
-    /// Resize factor of each image from its original size.
-    pub scales: Vec<f64>,
-}
-
-impl ImageBatch {
-    pub fn new(images: &[Tensor], scales: Vec<f64>) -> Self {
-        let sizes: Vec<(i64, i64)> = images
-            .iter()
-            .map(|im| {
-                let s = im.size();
-                (s[1], s[2])
-            })
-            .collect();
-        let max_h = sizes.iter().map(|s| s.0).max().unwrap_or(0);
-        let max_w = sizes.iter().map(|s| s.1).max().unwrap_or(0);
-        let padded: Vec<Tensor> = images
-            .iter()
-            .zip(&sizes)
-            .map(|(im, &(h, w))| {
-                if h == max_h && w == max_w {
-                    im.shallow_clone()
-                } else {
-                    im.constant_pad_nd([0, max_w - w, 0, max_h - h])
-                }
-            })
-            .collect();
-        Self {
-            images: Tensor::stack(&padded, 0),
-            sizes,
-            scales,
-        }
     }
 }
 
@@ -140,30 +93,59 @@ impl FasterRcnn {
 
     /// Training losses for a batch.
     pub fn losses(&self, batch: &ImageBatch, targets: &[ImageTarget]) -> LossTerms {
+        self.training_pass(batch, targets).losses
+    }
+
+    /// The training forward pass behind [`FasterRcnn::losses`], with its intermediates:
+    /// the RPN's outputs (anchors, objectness, deltas, proposals, sampled anchors) and the
+    /// RoIs sampled for the head. Sampling draws from tch's global RNG.
+    pub fn training_pass(&self, batch: &ImageBatch, targets: &[ImageTarget]) -> TrainingPass {
         let features = self.trunk.forward_t(&batch.images, true);
-        let (proposals, rpn_losses) =
-            self.rpn
-                .forward(&features, &batch.sizes, &batch.scales, Some(targets), true);
-        let rpn_losses = rpn_losses.expect("targets were given");
-        let head = self.roi_head.loss(&features, &proposals, targets);
-        LossTerms {
-            rpn_objectness: rpn_losses.objectness,
-            rpn_box_reg: rpn_losses.box_reg,
+        let rpn = self
+            .rpn
+            .forward(&features, &batch.sizes, &batch.scales, Some(targets), true);
+        let rpn_losses = rpn.losses.as_ref().expect("targets were given");
+        let rois = self.roi_head.sample(&rpn.proposals, targets);
+        let head = self.roi_head.loss(&features, &rois);
+        let losses = LossTerms {
+            rpn_objectness: rpn_losses.objectness.shallow_clone(),
+            rpn_box_reg: rpn_losses.box_reg.shallow_clone(),
             classifier: head.classifier,
             box_reg: head.box_reg,
-        }
+        };
+        TrainingPass { rpn, rois, losses }
     }
 
     /// Detections per image, in network-input coordinates (divide by the scale for the
     /// original image's).
     pub fn detect(&self, batch: &ImageBatch, eval: &EvalConfig) -> Vec<Detections> {
+        self.inference_pass(batch, eval).detections
+    }
+
+    /// The test-time forward pass behind [`FasterRcnn::detect`], with the RPN's outputs.
+    pub fn inference_pass(&self, batch: &ImageBatch, eval: &EvalConfig) -> InferencePass {
         tch::no_grad(|| {
             let features = self.trunk.forward_t(&batch.images, false);
-            let (proposals, _) =
-                self.rpn
-                    .forward(&features, &batch.sizes, &batch.scales, None, false);
-            self.roi_head
-                .detect(&features, &proposals, &batch.sizes, eval)
+            let rpn = self
+                .rpn
+                .forward(&features, &batch.sizes, &batch.scales, None, false);
+            let detections = self
+                .roi_head
+                .detect(&features, &rpn.proposals, &batch.sizes, eval);
+            InferencePass { rpn, detections }
         })
     }
+}
+
+/// A training forward pass: the losses and how they came about.
+pub struct TrainingPass {
+    pub rpn: RpnOutput,
+    pub rois: SampledRois,
+    pub losses: LossTerms,
+}
+
+/// A test-time forward pass: the detections and the RPN's outputs (test-time top-n).
+pub struct InferencePass {
+    pub rpn: RpnOutput,
+    pub detections: Vec<Detections>,
 }

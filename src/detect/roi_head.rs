@@ -4,7 +4,7 @@
 use crate::config::{EvalConfig, Pooler, RoiConfig};
 use crate::detect::box_coder::BoxCoder;
 use crate::detect::box_ops::{box_iou, clip_boxes_to_image, remove_small_boxes};
-use crate::detect::faster_rcnn::ImageTarget;
+use crate::detect::image_list::ImageTarget;
 use crate::detect::matcher::{Matcher, BELOW_LOW, BETWEEN};
 use crate::detect::nms::batched_nms;
 use crate::detect::roi_align::roi_align;
@@ -28,12 +28,19 @@ pub struct RoiHeadLosses {
     pub box_reg: Tensor,
 }
 
-/// Sampled proposals of a training batch with their targets.
-struct SampledRois {
+/// The RoIs sampled from a training batch's proposals, with their targets: what the head
+/// loss is computed on. Image by image; within an image, the sampled foreground then the
+/// background, each in sampling order.
+pub struct SampledRois {
     /// `[K, 5]`: batch index, x1, y1, x2, y2.
-    rois: Tensor,
-    labels: Tensor,
-    regression_targets: Tensor,
+    pub rois: Tensor,
+    /// `[K]` (i64): each RoI's index among its image's candidates, which are the image's
+    /// proposals followed by its ground-truth boxes.
+    pub candidate_index: Tensor,
+    /// `[K]` (i64): the matched gt class, or 0 for background.
+    pub labels: Tensor,
+    /// `[K, 4]`: the encoded matched gt box (meaningful for foreground RoIs only).
+    pub regression_targets: Tensor,
 }
 
 pub struct RoiHead {
@@ -127,13 +134,8 @@ impl RoiHead {
         )
     }
 
-    pub fn loss(
-        &self,
-        features: &Tensor,
-        proposals: &[Tensor],
-        targets: &[ImageTarget],
-    ) -> RoiHeadLosses {
-        let sampled = tch::no_grad(|| self.sample(proposals, targets));
+    /// The head losses on RoIs sampled by [`RoiHead::sample`].
+    pub fn loss(&self, features: &Tensor, sampled: &SampledRois) -> RoiHeadLosses {
         let (logits, deltas) = self.predict(features, &sampled.rois, true);
         let classifier =
             logits.cross_entropy_loss::<Tensor>(&sampled.labels, None, Reduction::Mean, -100, 0.0);
@@ -166,9 +168,15 @@ impl RoiHead {
     }
 
     /// Adds the gt boxes to each image's proposals, labels them by IoU (fg >= fg_iou,
-    /// bg in [bg_iou_lo, bg_iou_hi)), and samples a balanced set per image.
-    fn sample(&self, proposals: &[Tensor], targets: &[ImageTarget]) -> SampledRois {
+    /// bg in [bg_iou_lo, bg_iou_hi)), and samples a balanced set per image (drawing from
+    /// tch's global RNG). Not differentiable.
+    pub fn sample(&self, proposals: &[Tensor], targets: &[ImageTarget]) -> SampledRois {
+        tch::no_grad(|| self.sample_inner(proposals, targets))
+    }
+
+    fn sample_inner(&self, proposals: &[Tensor], targets: &[ImageTarget]) -> SampledRois {
         let mut rois = Vec::new();
+        let mut candidate_index = Vec::new();
         let mut labels = Vec::new();
         let mut regression_targets = Vec::new();
         for (i, (props, target)) in proposals.iter().zip(targets).enumerate() {
@@ -182,9 +190,11 @@ impl RoiHead {
             let batch_index =
                 kept.new_full([kept.size()[0], 1], i as f64, (Kind::Float, kept.device()));
             rois.push(Tensor::cat(&[batch_index, kept], 1));
+            candidate_index.push(keep);
         }
         SampledRois {
             rois: Tensor::cat(&rois, 0),
+            candidate_index: Tensor::cat(&candidate_index, 0),
             labels: Tensor::cat(&labels, 0),
             regression_targets: Tensor::cat(&regression_targets, 0),
         }

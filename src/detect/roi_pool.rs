@@ -2,7 +2,7 @@
 //! zero) onto the map, integer bins `[floor(p * bin), ceil((p + 1) * bin))` clipped to the
 //! map, max per bin, 0 for empty bins. Differentiable w.r.t. the features: the gradient
 //! goes to each bin's first maximum in row-major order, as in torchvision.
-use crate::detect::roi_align::{feature_dims, pool_bins, prepare_rois};
+use crate::detect::roi_pooling::{feature_dims, pool_bins, prepare_rois};
 use tch::{Kind, Tensor};
 
 /// C's `round`: half away from zero (ATen's `round` is half to even).

@@ -4,7 +4,7 @@ use crate::config::RpnConfig;
 use crate::detect::anchors::{base_anchors, grid_anchors};
 use crate::detect::box_coder::BoxCoder;
 use crate::detect::box_ops::{box_iou, clip_boxes_to_image, remove_small_boxes};
-use crate::detect::faster_rcnn::ImageTarget;
+use crate::detect::image_list::ImageTarget;
 use crate::detect::matcher::Matcher;
 use crate::detect::nms::nms_top_k;
 use crate::detect::sampler::BalancedSampler;
@@ -96,10 +96,33 @@ pub struct Rpn {
     cfg: RpnConfig,
 }
 
-/// RPN losses for one batch (already averaged).
+/// RPN losses for one batch (already averaged), with the anchors they were computed on.
 pub struct RpnLosses {
     pub objectness: Tensor,
     pub box_reg: Tensor,
+    /// The sampled foreground anchors, in sampling order, as indices into the batch's
+    /// anchors flattened image by image (`image * anchors_per_image + anchor`), the order of
+    /// `RpnOutput::objectness.reshape([-1])`.
+    pub sampled_positive: Tensor,
+    /// The sampled background anchors, indexed likewise.
+    pub sampled_negative: Tensor,
+}
+
+/// Everything the RPN computes for a batch: the proposals and losses the detector uses and
+/// the intermediates behind them (for tests and inspection).
+pub struct RpnOutput {
+    /// `[H*W*A, 4]` anchors of the feature map, the same for every image, location-major
+    /// (row-major cells) and anchor-minor.
+    pub anchors: Tensor,
+    /// `[N, H*W*A]` objectness logits, in the anchors' order.
+    pub objectness: Tensor,
+    /// `[N, H*W*A, 4]` box deltas relative to the anchors.
+    pub deltas: Tensor,
+    /// Per image, the proposals `[P, 4]` after NMS by descending objectness (detached,
+    /// image coordinates).
+    pub proposals: Vec<Tensor>,
+    /// The losses, when targets were given.
+    pub losses: Option<RpnLosses>,
 }
 
 impl Rpn {
@@ -143,9 +166,10 @@ impl Rpn {
         }
     }
 
-    /// Proposals per image (detached, image coordinates) and, in training, the losses.
+    /// Proposals per image (detached, image coordinates) and, with targets, the losses.
     /// `image_sizes` are (height, width) of each image before padding; `scales` the resize
-    /// factors (the minimum proposal size is given at original image scale, as py-faster-rcnn).
+    /// factors (the minimum proposal size is given at original image scale, as py-faster-rcnn);
+    /// `train` picks the training or the test pre/post-NMS top-n.
     pub fn forward(
         &self,
         features: &Tensor,
@@ -153,7 +177,7 @@ impl Rpn {
         scales: &[f64],
         targets: Option<&[ImageTarget]>,
         train: bool,
-    ) -> (Vec<Tensor>, Option<RpnLosses>) {
+    ) -> RpnOutput {
         let (objectness, deltas) = self.head.forward(features);
         let (n, a, h, w) = objectness.size4().expect("RPN objectness is 4-D");
         let anchors = grid_anchors(&self.cell_anchors, h, w, self.stride);
@@ -185,7 +209,13 @@ impl Rpn {
                 .collect::<Vec<_>>()
         });
         let losses = targets.map(|targets| self.loss(&objectness, &deltas, &anchors, targets));
-        (proposals, losses)
+        RpnOutput {
+            anchors,
+            objectness,
+            deltas,
+            proposals,
+            losses,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -265,6 +295,8 @@ impl Rpn {
         RpnLosses {
             objectness: objectness_loss,
             box_reg: box_loss,
+            sampled_positive: pos,
+            sampled_negative: neg,
         }
     }
 

@@ -166,12 +166,14 @@ impl nn::Module for QConv2d {
 #[derive(Debug)]
 pub struct QLinear {
     pub weight: Tensor,
-    pub bias: Tensor,
+    /// Absent when the config asked for none (`LinearConfig::bias == false`).
+    pub bias: Option<Tensor>,
     pub spec: Option<QuantSpec>,
 }
 
-/// A fully-connected layer (`<path>.weight` [out, in], `<path>.bias`), quantized on
-/// forward when `spec` is set. Initialization as tch's `nn::linear`.
+/// A fully-connected layer (`<path>.weight` [out, in], and `<path>.bias` unless
+/// `init.bias` is false), quantized on forward when `spec` is set. Initialization as
+/// tch's `nn::linear`.
 pub fn qlinear(
     path: &nn::Path,
     registry: &QuantRegistry,
@@ -182,14 +184,16 @@ pub fn qlinear(
 ) -> QLinear {
     let weight = path.var("weight", &[c_out, c_in], init.ws_init);
     let bound = 1.0 / (c_in as f64).sqrt();
-    let bias = path.var(
-        "bias",
-        &[c_out],
-        init.bs_init.unwrap_or(nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        }),
-    );
+    let bias = init.bias.then(|| {
+        path.var(
+            "bias",
+            &[c_out],
+            init.bs_init.unwrap_or(nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            }),
+        )
+    });
     registry.register(path.path("weight"), &weight, spec);
     QLinear { weight, bias, spec }
 }
@@ -197,6 +201,6 @@ pub fn qlinear(
 impl nn::Module for QLinear {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let weight = straight_through(&self.weight, self.spec.as_ref());
-        xs.linear(&weight, Some(&self.bias))
+        xs.linear(&weight, self.bias.as_ref())
     }
 }

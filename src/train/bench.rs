@@ -2,9 +2,9 @@
 //! a model in float and quantized to b bits, measured alternately in one process so both
 //! see the same machine load, and their ratio.
 use crate::config::{Backbone, ExperimentConfig};
-use crate::detect::faster_rcnn::{ImageBatch, ImageTarget};
+use crate::detect::image_list::{ImageBatch, ImageTarget};
+use crate::train::setup::build_model;
 use crate::train::sgd::Sgd;
-use crate::train::trainer::build_model;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;

@@ -3,7 +3,8 @@
 use crate::config::{DataConfig, EvalConfig};
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::voc::VocDataset;
-use crate::detect::faster_rcnn::{FasterRcnn, ImageBatch};
+use crate::detect::faster_rcnn::FasterRcnn;
+use crate::detect::image_list::ImageBatch;
 use crate::eval::{write_and_evaluate, Detection, EvalReport};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -25,7 +26,7 @@ pub fn evaluate_model(
     let mut per_class: Vec<Vec<Detection>> = vec![Vec::new(); dataset.classes.len()];
     let loader_cfg = LoaderConfig::from_data_config(data, false, 0);
     let count = dataset.ids.len();
-    let progress = crate::train::trainer::progress_bar(count as u64, "eval");
+    let progress = crate::progress::progress_bar(count as u64, "eval");
     let mut drawn = 0;
     for sample in Loader::new(dataset.clone(), loader_cfg, 0, Some(count))? {
         let sample = sample?;

@@ -5,5 +5,6 @@ pub mod checkpoint;
 pub mod determinism;
 pub mod evaluate;
 pub mod schedule;
+pub mod setup;
 pub mod sgd;
 pub mod trainer;

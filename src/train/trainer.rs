@@ -1,19 +1,23 @@
-//! The training loop: data, model, SGD, schedule, checkpoints and resume, Ctrl-C, progress,
-//! and the final evaluation that writes `metrics.json`, `summary.md` and the comp4 files.
-use crate::config::{DeviceChoice, ExperimentConfig};
+//! The training loop, in four phases that read top to bottom: prepare the run (its
+//! directory, config, data and device), build the model and optimizer (fresh or from the
+//! run's latest checkpoint), run the iterations (checkpoints, Ctrl-C, progress), and finish
+//! (evaluate and write `metrics.json`, `timing.json`, `summary.md` and the comp4 files).
+use crate::config::ExperimentConfig;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::synthetic::ensure_synthetic;
 use crate::data::voc::VocDataset;
-use crate::detect::faster_rcnn::{FasterRcnn, ImageBatch, ImageTarget};
+use crate::detect::faster_rcnn::FasterRcnn;
+use crate::detect::image_list::{ImageBatch, ImageTarget};
 use crate::eval::EvalReport;
 use crate::fsutil::write_atomic;
+use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
 use crate::train::determinism::{seed_torch, set_deterministic, stream_seed};
 use crate::train::evaluate::evaluate_model;
 use crate::train::schedule::learning_rate;
+use crate::train::setup::{build_model, configure_threads, select_device};
 use crate::train::sgd::Sgd;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,37 +57,6 @@ pub struct Timing {
 /// them first so a stale result never outlives the run it described.
 pub const RESULT_FILES: [&str; 4] = ["metrics.json", "timing.json", "summary.md", "detections"];
 
-pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}] {{msg}}"
-        ))
-        .expect("valid progress template"),
-    );
-    bar
-}
-
-/// Applies `train.threads` to libtorch's CPU thread pool.
-pub fn configure_threads(threads: usize) {
-    if threads > 0 {
-        tch::set_num_threads(threads as i32);
-    }
-}
-
-pub fn select_device(choice: DeviceChoice) -> Result<Device> {
-    Ok(match choice {
-        DeviceChoice::Auto => Device::cuda_if_available(),
-        DeviceChoice::Cpu => Device::Cpu,
-        DeviceChoice::Cuda => {
-            if !tch::Cuda::is_available() {
-                bail!("key `train.device`: cuda requested but no CUDA device is available");
-            }
-            Device::Cuda(0)
-        }
-    })
-}
-
 /// Set by Ctrl-C; the loop checkpoints and stops at the end of the current iteration.
 fn interrupted() -> &'static AtomicBool {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
@@ -94,31 +67,6 @@ fn interrupted() -> &'static AtomicBool {
         let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
         flag
     })
-}
-
-/// A model with its variables on `device`. With `initialize`, pretrained backbone weights
-/// and `train.init_from` are loaded (a resumed run or an evaluation loads its checkpoint
-/// instead). Layers a pretrained backbone keeps fixed are frozen either way.
-pub fn build_model(
-    cfg: &ExperimentConfig,
-    num_classes: usize,
-    device: Device,
-    initialize: bool,
-) -> Result<(VarStore, FasterRcnn)> {
-    let vs = VarStore::new(device);
-    let model = FasterRcnn::new(&vs.root(), cfg, num_classes)?;
-    if let Some(weights) = &cfg.model.backbone_weights {
-        if initialize {
-            crate::nn::weights::load_by_name(&vs, weights, "backbone.")?;
-        }
-        crate::nn::weights::freeze_by_prefix(&vs, &model.frozen_prefixes);
-    }
-    if let (true, Some(init)) = (initialize, &cfg.train.init_from) {
-        let weights = checkpoint::resolve_weights(init)?;
-        checkpoint::load_weights(&weights, &vs)?;
-        tracing::info!("initialized from {}", weights.display());
-    }
-    Ok((vs, model))
 }
 
 /// Stream 0 seeds initialization; iteration i draws from stream i + 1, so a resumed run
@@ -162,6 +110,36 @@ pub fn resume_config(run_dir: &Path, overrides: &[String]) -> Result<ExperimentC
 /// Trains `cfg` from scratch, or, with `resume`, continues the run in that directory from
 /// its latest checkpoint (`cfg` should then come from [`resume_config`]).
 pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, EvalReport)> {
+    let run = prepare_run(cfg, resume)?;
+    let mut state = build_training(&run)?;
+    run_iterations(&run, &mut state)?;
+    finish(&run, state)
+}
+
+/// Everything fixed before the model exists.
+struct PreparedRun {
+    cfg: ExperimentConfig,
+    run_dir: PathBuf,
+    /// The checkpoint a resumed run continues from.
+    resume_state: Option<CheckpointState>,
+    train_set: Arc<VocDataset>,
+    device: Device,
+    /// Set by Ctrl-C.
+    stop: &'static AtomicBool,
+}
+
+/// The model and optimizer, and where the loop starts.
+struct TrainingState {
+    vs: VarStore,
+    model: FasterRcnn,
+    sgd: Sgd,
+    start_iteration: usize,
+    train_seconds: f64,
+}
+
+/// Resolves the run directory (and the checkpoint to resume), checks the config's paths,
+/// generates synthetic data if needed, opens the training split and selects the device.
+fn prepare_run(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<PreparedRun> {
     let (run_dir, resume_state) = match resume {
         Some(dir) => {
             let state_path = checkpoint::latest(dir)?.with_context(|| {
@@ -174,102 +152,123 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
         }
         None => (cfg.run_dir(), None),
     };
-    let cfg = cfg.clone();
     // Installed before anything is logged, so Ctrl-C is never the default kill from here on.
     let stop = interrupted();
     cfg.check_paths()?;
-    ensure_synthetic(&cfg.data)?;
+    ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     set_deterministic(cfg.train.deterministic);
     let device = select_device(cfg.train.device)?;
     configure_threads(cfg.train.threads);
-    let classes = cfg.data.classes.as_deref();
     let train_set = Arc::new(VocDataset::open(
         &cfg.data.root,
         &cfg.data.train_split,
-        classes,
+        cfg.data.classes.as_deref(),
     )?);
-    let num_classes = train_set.classes.len();
     tracing::info!(
         "training {} on {} ({} images, {} classes), {} on {:?}",
         cfg.name,
         cfg.data.root.display(),
         train_set.ids.len(),
-        num_classes,
+        train_set.classes.len(),
         cfg.quant_tag(),
         device
     );
+    Ok(PreparedRun {
+        cfg: cfg.clone(),
+        run_dir,
+        resume_state,
+        train_set,
+        device,
+        stop,
+    })
+}
 
+/// Builds the model and optimizer: a fresh run is seeded, initialized and its directory
+/// cleared; a resumed one loads its checkpoint's weights and momentum.
+fn build_training(run: &PreparedRun) -> Result<TrainingState> {
+    let cfg = &run.cfg;
     // libtorch seeds its generator randomly per process: seed it before any weight is drawn.
     seed_torch(stream_seed(cfg.train.seed, 0));
     // A resumed run's checkpoint already holds the initialized weights.
-    let (vs, model) = build_model(&cfg, num_classes, device, resume_state.is_none())?;
+    let (vs, model) = build_model(
+        cfg,
+        run.train_set.classes.len(),
+        run.device,
+        run.resume_state.is_none(),
+    )?;
     let mut sgd = Sgd::new(vs.variables(), cfg.train.momentum, cfg.train.weight_decay);
-    let (start, mut train_seconds) = match &resume_state {
+    let (start_iteration, train_seconds) = match &run.resume_state {
         Some(state) => {
             let momentum = checkpoint::load_weights(
-                &checkpoint::checkpoint_dir(&run_dir).join(&state.weights),
+                &checkpoint::checkpoint_dir(&run.run_dir).join(&state.weights),
                 &vs,
             )?;
             sgd.load_state(momentum)?;
             tracing::info!(
                 "resumed {} at iteration {}",
-                run_dir.display(),
+                run.run_dir.display(),
                 state.iteration
             );
             (state.iteration, state.train_seconds)
         }
         None => {
-            clear_run(&run_dir)?;
-            write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml()?.as_bytes())?;
+            clear_run(&run.run_dir)?;
+            write_atomic(&run.run_dir.join("config.yaml"), cfg.to_yaml()?.as_bytes())?;
             (0, 0.0)
         }
     };
+    Ok(TrainingState {
+        vs,
+        model,
+        sgd,
+        start_iteration,
+        train_seconds,
+    })
+}
 
-    let t = &cfg.train;
-    let loader_cfg = LoaderConfig::from_data_config(&cfg.data, true, t.seed);
-    let mut loader = Loader::new(train_set.clone(), loader_cfg, start * t.batch_size, None)?;
-    let save = |iteration: usize, seconds: f64, sgd: &Sgd| -> Result<()> {
-        let state = CheckpointState {
-            iteration,
-            weights: String::new(),
-            train_seconds: seconds,
-            config_yaml: cfg.to_yaml()?,
-        };
-        checkpoint::save(&run_dir, &vs, &sgd.state(), state)?;
-        Ok(())
-    };
-
+/// Runs the iterations from `state.start_iteration`: one SGD step each, progress and logs,
+/// a checkpoint every `train.checkpoint_interval`, at the end, and on Ctrl-C (then stops
+/// with an error naming the resume command).
+fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
+    let t = &run.cfg.train;
+    let loader_cfg = LoaderConfig::from_data_config(&run.cfg.data, true, t.seed);
+    let mut loader = Loader::new(
+        run.train_set.clone(),
+        loader_cfg,
+        state.start_iteration * t.batch_size,
+        None,
+    )?;
     let progress = progress_bar(t.iterations as u64, "train");
-    progress.set_position(start as u64);
+    progress.set_position(state.start_iteration as u64);
     let mut segment_start = Instant::now();
-    for iteration in start..t.iterations {
+    for iteration in state.start_iteration..t.iterations {
         seed_iteration(t.seed, iteration);
         let mut images = Vec::with_capacity(t.batch_size);
         let mut scales = Vec::with_capacity(t.batch_size);
         let mut targets = Vec::with_capacity(t.batch_size);
         for _ in 0..t.batch_size {
             let sample = loader.next().context("training data loader ended")??;
-            images.push(sample.image.to_device(device));
+            images.push(sample.image.to_device(run.device));
             scales.push(sample.scale);
             targets.push(ImageTarget {
-                boxes: sample.boxes.to_device(device),
-                labels: sample.labels.to_device(device),
+                boxes: sample.boxes.to_device(run.device),
+                labels: sample.labels.to_device(run.device),
             });
         }
         let batch = ImageBatch::new(&images, scales);
-        let losses = model.losses(&batch, &targets);
+        let losses = state.model.losses(&batch, &targets);
         let total = losses.total();
         let total_value = total.double_value(&[]);
         if !total_value.is_finite() {
             bail!("training diverged at iteration {iteration}: loss is {total_value}; lower train.lr or set train.clip_grad_norm");
         }
-        sgd.zero_grad();
+        state.sgd.zero_grad();
         total.backward();
         if t.clip_grad_norm > 0.0 {
-            sgd.clip_grad_norm(t.clip_grad_norm);
+            state.sgd.clip_grad_norm(t.clip_grad_norm);
         }
         let lr = learning_rate(t, iteration);
-        sgd.step(lr);
+        state.sgd.step(lr);
 
         let done = iteration + 1;
         progress.set_position(done as u64);
@@ -283,38 +282,59 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
             progress.set_message(message.clone());
             progress.suspend(|| tracing::info!("iter {done}/{}: {message}", t.iterations));
         }
-        let stopping = stop.load(Ordering::SeqCst);
+        let stopping = run.stop.load(Ordering::SeqCst);
         let periodic = t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0;
         if periodic || stopping || done == t.iterations {
-            train_seconds += segment_start.elapsed().as_secs_f64();
+            state.train_seconds += segment_start.elapsed().as_secs_f64();
             segment_start = Instant::now();
-            save(done, train_seconds, &sgd)?;
+            save_checkpoint(run, state, done)?;
         }
         if stopping {
             progress.abandon();
             bail!(
                 "interrupted at iteration {done}; checkpoint written, continue with `lbwnet train --resume {}`",
-                run_dir.display()
+                run.run_dir.display()
             );
         }
     }
     progress.finish_and_clear();
-    drop(loader);
+    Ok(())
+}
 
+fn save_checkpoint(run: &PreparedRun, state: &TrainingState, iteration: usize) -> Result<()> {
+    let checkpoint_state = CheckpointState {
+        iteration,
+        weights: String::new(),
+        train_seconds: state.train_seconds,
+        config_yaml: run.cfg.to_yaml()?,
+    };
+    checkpoint::save(
+        &run.run_dir,
+        &state.vs,
+        &state.sgd.state(),
+        checkpoint_state,
+    )?;
+    Ok(())
+}
+
+/// Evaluates the trained model on the test split and writes the run's results.
+fn finish(run: &PreparedRun, state: TrainingState) -> Result<(Metrics, EvalReport)> {
+    let cfg = &run.cfg;
     let test_set = Arc::new(VocDataset::open(
         &cfg.data.root,
         &cfg.data.test_split,
-        Some(&train_set.classes),
+        Some(&run.train_set.classes),
     )?);
     let report = evaluate_model(
-        &model,
+        &state.model,
         test_set,
         &cfg.data,
         &cfg.eval,
-        device,
-        &run_dir.join("detections"),
+        run.device,
+        &run.run_dir.join("detections"),
         0,
     )?;
+    let t = &cfg.train;
     let images = (t.iterations * t.batch_size) as f64;
     let report_json = report.to_json();
     let metrics = Metrics {
@@ -333,17 +353,17 @@ pub fn train(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<(Metrics, 
             .filter(|_| cfg.quant.method == crate::quant::Method::Lbw),
         iterations: t.iterations,
         seed: t.seed,
-        run_dir: run_dir.clone(),
+        run_dir: run.run_dir.clone(),
     };
     let timing = Timing {
-        train_seconds,
-        images_per_second: if train_seconds > 0.0 {
-            images / train_seconds
+        train_seconds: state.train_seconds,
+        images_per_second: if state.train_seconds > 0.0 {
+            images / state.train_seconds
         } else {
             0.0
         },
     };
-    write_results(&run_dir, &metrics, &timing, &report)?;
+    write_results(&run.run_dir, &metrics, &timing, &report)?;
     Ok((metrics, report))
 }
 

@@ -20,11 +20,12 @@
 mod raster;
 mod scene;
 mod shapes;
+mod spec;
 
 pub use shapes::{Shape, ALL_SHAPES, DEFAULT_SHAPES};
+pub use spec::SyntheticConfig;
 
 use super::voc::LABELS_FILE;
-use crate::config::{DataConfig, SyntheticConfig};
 use anyhow::{bail, Context, Result};
 use image::codecs::jpeg::JpegEncoder;
 use image::ExtendedColorType;
@@ -129,11 +130,10 @@ pub fn inspect(root: &Path, spec: &SyntheticConfig) -> Result<Existing> {
 
 /// Generates the configured synthetic set at `data.root` when `data.synthetic` is set and
 /// the folder is missing; checks that an existing one matches the settings.
-pub fn ensure_synthetic(cfg: &DataConfig) -> Result<()> {
-    let Some(spec) = &cfg.synthetic else {
+pub fn ensure_synthetic(root: &Path, spec: Option<&SyntheticConfig>) -> Result<()> {
+    let Some(spec) = spec else {
         return Ok(());
     };
-    let root = &cfg.root;
     match inspect(root, spec)? {
         Existing::Missing => {
             tracing::info!("generating the synthetic data set at {}", root.display());

@@ -2,7 +2,7 @@
 //! the visible box and difficult flag of each.
 use super::raster::{distance, paint_background, paint_distractor, random_colour, Canvas};
 use super::shapes::Shape;
-use crate::config::SyntheticConfig;
+use super::spec::SyntheticConfig;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::f32::consts::PI;
