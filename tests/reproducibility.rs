@@ -152,3 +152,32 @@ fn another_seed_starts_from_other_weights() {
     }
     assert!(convs > 5, "only {convs} weight tensors compared");
 }
+
+#[test]
+fn a_fresh_run_removes_the_stale_results_of_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_in(dir.path(), &[]);
+    assert!(run.join("metrics.json").is_file());
+    // Trains, then fails to open its test split: the old results must be gone by then.
+    std::fs::write(dir.path().join("tiny.yaml"), TINY).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+        .args(["--quiet", "train", "--config", "tiny.yaml"])
+        .args([
+            "--set",
+            "data.test_split=missing",
+            "--set",
+            "train.iterations=2",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    for stale in ["metrics.json", "timing.json", "summary.md", "detections"] {
+        assert!(
+            !run.join(stale).exists(),
+            "stale {stale} survived a fresh run"
+        );
+    }
+    let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(config.contains("test_split: missing"), "{config}");
+}
