@@ -370,8 +370,25 @@ impl ExperimentConfig {
         Ok(config)
     }
 
-    /// Value checks that the types alone cannot express.
+    /// Value checks that the types alone cannot express: every numeric key is checked
+    /// against its allowed range here, before anything is built, so no value of any key
+    /// reaches libtorch or an allocation it would fail on (a panic). Each error names the
+    /// key, the value and what is allowed.
     pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            bail!(
+                "key `name`: `{}` is not a valid run name (non-empty, no slashes)",
+                self.name
+            );
+        }
+        self.validate_data()?;
+        self.validate_model()?;
+        self.validate_quant()?;
+        self.validate_train()?;
+        self.validate_eval()
+    }
+
+    fn validate_quant(&self) -> Result<()> {
         let q = &self.quant;
         if !(2..=8).contains(&q.bits) && q.bits != FLOAT_BITS {
             bail!(
@@ -380,8 +397,8 @@ impl ExperimentConfig {
             );
         }
         if let Some(c) = q.c {
-            if !is_positive(c) {
-                bail!("key `quant.c`: {c} is not allowed; c must be a positive number");
+            if !is_positive(c) || c > MAX_C {
+                bail!("key `quant.c`: {c} is not allowed; c must be a positive number, at most {MAX_C}");
             }
         }
         if matches!(q.method, Method::Ternary | Method::Twn) && q.bits != 2 && !q.is_float() {
@@ -391,53 +408,188 @@ impl ExperimentConfig {
                 q.bits
             );
         }
+        Ok(())
+    }
+
+    fn validate_data(&self) -> Result<()> {
         let d = &self.data;
-        if d.min_size == 0 || d.max_size < d.min_size {
-            bail!("keys `data.min_size`/`data.max_size`: need 0 < min_size <= max_size, got {} and {}", d.min_size, d.max_size);
+        int_in("data.min_size", d.min_size, 1, MAX_IMAGE_SIDE)?;
+        int_in("data.max_size", d.max_size, 1, MAX_IMAGE_SIDE)?;
+        if d.max_size < d.min_size {
+            bail!(
+                "keys `data.min_size`/`data.max_size`: need min_size <= max_size, got {} and {}",
+                d.min_size,
+                d.max_size
+            );
         }
+        int_in("data.loader_threads", d.loader_threads, 0, MAX_THREADS)?;
+        int_in("data.queue_size", d.queue_size, 0, 4096)?;
         if let Some(classes) = &d.classes {
             if classes.is_empty() {
                 bail!("key `data.classes`: the class list is empty");
             }
         }
-        if let Some(synthetic) = &d.synthetic {
-            synthetic.validate()?;
+        if let Some(s) = &d.synthetic {
+            int_in("data.synthetic.train", s.train, 1, MAX_SYNTHETIC_IMAGES)?;
+            int_in("data.synthetic.test", s.test, 1, MAX_SYNTHETIC_IMAGES)?;
+            s.validate()?;
         }
+        Ok(())
+    }
+
+    fn validate_model(&self) -> Result<()> {
         let m = &self.model;
+        int_in("model.small_width", m.small_width, 1, 1024)?;
+        if m.feature_stride != crate::nn::backbones::TRUNK_STRIDE {
+            bail!(
+                "key `model.feature_stride`: {} is not supported; every backbone has stride {}",
+                m.feature_stride,
+                crate::nn::backbones::TRUNK_STRIDE
+            );
+        }
         if m.anchor_sizes.is_empty() || m.anchor_ratios.is_empty() {
             bail!("keys `model.anchor_sizes`/`model.anchor_ratios`: need at least one value each");
         }
-        if m.anchor_sizes
-            .iter()
-            .chain(&m.anchor_ratios)
-            .any(|v| !is_positive(*v))
-        {
-            bail!("keys `model.anchor_sizes`/`model.anchor_ratios`: values must be positive");
+        for &v in &m.anchor_sizes {
+            float_in("model.anchor_sizes", v, Bound::Above(0.0), 1e5)?;
         }
-        for (key, v) in [
-            ("model.rpn.positive_fraction", m.rpn.positive_fraction),
-            ("model.roi.positive_fraction", m.roi.positive_fraction),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("key `{key}`: {v} is not in [0, 1]");
-            }
+        for &v in &m.anchor_ratios {
+            float_in("model.anchor_ratios", v, Bound::AtLeast(1e-3), 1e3)?;
         }
-        let t = &self.train;
-        if t.iterations == 0 {
-            bail!("key `train.iterations`: must be at least 1");
-        }
-        if t.batch_size == 0 {
-            bail!("key `train.batch_size`: must be at least 1");
-        }
-        if !is_positive(t.lr) {
-            bail!("key `train.lr`: {} is not allowed; must be positive", t.lr);
-        }
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+        let r = &m.rpn;
+        int_in("model.rpn.channels", r.channels, 1, 8192)?;
+        float_in("model.rpn.fg_iou", r.fg_iou, Bound::AtLeast(0.0), 1.0)?;
+        // Negative anchors are those below bg_iou: at 0 there are none.
+        float_in("model.rpn.bg_iou", r.bg_iou, Bound::Above(0.0), 1.0)?;
+        if r.bg_iou > r.fg_iou {
             bail!(
-                "key `name`: `{}` is not a valid run name (non-empty, no slashes)",
-                self.name
+                "keys `model.rpn.bg_iou`/`model.rpn.fg_iou`: need bg_iou <= fg_iou, got {} and {}",
+                r.bg_iou,
+                r.fg_iou
             );
         }
+        int_in(
+            "model.rpn.batch_size_per_image",
+            r.batch_size_per_image,
+            1,
+            MAX_COUNT,
+        )?;
+        float_in(
+            "model.rpn.positive_fraction",
+            r.positive_fraction,
+            Bound::Above(0.0),
+            1.0,
+        )?;
+        for (key, v) in [
+            ("model.rpn.pre_nms_top_n_train", r.pre_nms_top_n_train),
+            ("model.rpn.post_nms_top_n_train", r.post_nms_top_n_train),
+            ("model.rpn.pre_nms_top_n_test", r.pre_nms_top_n_test),
+            ("model.rpn.post_nms_top_n_test", r.post_nms_top_n_test),
+        ] {
+            int_in(key, v, 1, MAX_COUNT)?;
+        }
+        float_in(
+            "model.rpn.nms_thresh",
+            r.nms_thresh,
+            Bound::AtLeast(0.0),
+            1.0,
+        )?;
+        float_in("model.rpn.min_size", r.min_size, Bound::AtLeast(0.0), 1e5)?;
+        float_in(
+            "model.rpn.smooth_l1_sigma",
+            r.smooth_l1_sigma,
+            Bound::Above(0.0),
+            1e3,
+        )?;
+        let h = &m.roi;
+        int_in("model.roi.sampling_ratio", h.sampling_ratio, 0, 64)?;
+        int_in(
+            "model.roi.batch_size_per_image",
+            h.batch_size_per_image,
+            1,
+            MAX_COUNT,
+        )?;
+        float_in(
+            "model.roi.positive_fraction",
+            h.positive_fraction,
+            Bound::Above(0.0),
+            1.0,
+        )?;
+        float_in("model.roi.fg_iou", h.fg_iou, Bound::AtLeast(0.0), 1.0)?;
+        float_in("model.roi.bg_iou_hi", h.bg_iou_hi, Bound::AtLeast(0.0), 1.0)?;
+        float_in("model.roi.bg_iou_lo", h.bg_iou_lo, Bound::AtLeast(0.0), 1.0)?;
+        // Background RoIs have an IoU in [bg_iou_lo, bg_iou_hi): it must not be empty.
+        if h.bg_iou_lo >= h.bg_iou_hi {
+            bail!(
+                "keys `model.roi.bg_iou_lo`/`model.roi.bg_iou_hi`: need bg_iou_lo < bg_iou_hi, got {} and {}",
+                h.bg_iou_lo,
+                h.bg_iou_hi
+            );
+        }
+        for &v in &h.box_weights {
+            float_in("model.roi.box_weights", v, Bound::Above(0.0), 1e3)?;
+        }
+        int_in("model.roi.head_hidden", h.head_hidden, 1, 65536)?;
+        float_in(
+            "model.roi.smooth_l1_sigma",
+            h.smooth_l1_sigma,
+            Bound::Above(0.0),
+            1e3,
+        )?;
+        Ok(())
+    }
+
+    fn validate_train(&self) -> Result<()> {
+        let t = &self.train;
+        int_in("train.iterations", t.iterations, 1, MAX_ITERATIONS)?;
+        float_in("train.lr", t.lr, Bound::Above(0.0), 10.0)?;
+        float_in("train.gamma", t.gamma, Bound::Above(0.0), 1.0)?;
+        float_in(
+            "train.warmup_factor",
+            t.warmup_factor,
+            Bound::AtLeast(0.0),
+            1.0,
+        )?;
+        if !(0.0..1.0).contains(&t.momentum) {
+            bail!(
+                "key `train.momentum`: {} is not allowed; use 0 <= momentum < 1",
+                t.momentum
+            );
+        }
+        if !(0.0..1.0).contains(&t.weight_decay) {
+            bail!(
+                "key `train.weight_decay`: {} is not allowed; use 0 <= weight_decay < 1",
+                t.weight_decay
+            );
+        }
+        int_in("train.batch_size", t.batch_size, 1, 1024)?;
+        float_in(
+            "train.clip_grad_norm",
+            t.clip_grad_norm,
+            Bound::AtLeast(0.0),
+            f64::MAX,
+        )?;
+        int_in("train.threads", t.threads, 0, MAX_THREADS)?;
+        // lr_steps, warmup_iterations, seed, checkpoint_interval and log_interval take any
+        // value of their type: past the last iteration they simply never apply.
+        Ok(())
+    }
+
+    fn validate_eval(&self) -> Result<()> {
+        let e = &self.eval;
+        float_in(
+            "eval.score_thresh",
+            e.score_thresh,
+            Bound::AtLeast(0.0),
+            1.0,
+        )?;
+        float_in("eval.nms_thresh", e.nms_thresh, Bound::AtLeast(0.0), 1.0)?;
+        int_in(
+            "eval.detections_per_image",
+            e.detections_per_image,
+            1,
+            MAX_COUNT,
+        )?;
         Ok(())
     }
 
@@ -531,6 +683,52 @@ impl ExperimentConfig {
 /// A finite number above zero (NaN is not).
 pub fn is_positive(v: f64) -> bool {
     v > 0.0 && v.is_finite()
+}
+
+/// Upper bounds of the numeric keys (beyond them a value is a typo, or would exhaust
+/// memory or threads rather than train).
+const MAX_IMAGE_SIDE: u32 = 8192;
+const MAX_THREADS: usize = 1024;
+const MAX_COUNT: usize = 10_000_000;
+const MAX_ITERATIONS: usize = 1_000_000_000;
+const MAX_SYNTHETIC_IMAGES: usize = 10_000_000;
+const MAX_C: f64 = 1000.0;
+
+/// The lower end of a float range.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// Exclusive.
+    Above(f64),
+    /// Inclusive.
+    AtLeast(f64),
+}
+
+/// `key`'s value `v` must be finite, within the lower `bound` and at most `max`.
+fn float_in(key: &str, v: f64, bound: Bound, max: f64) -> Result<()> {
+    let (low_ok, low) = match bound {
+        Bound::Above(lo) => (v > lo, format!("above {lo}")),
+        Bound::AtLeast(lo) => (v >= lo, format!("at least {lo}")),
+    };
+    if !(v.is_finite() && low_ok && v <= max) {
+        let high = if max == f64::MAX {
+            "finite".to_string()
+        } else {
+            format!("at most {max}")
+        };
+        bail!("key `{key}`: {v} is not allowed; use a number {low} and {high}");
+    }
+    Ok(())
+}
+
+/// `key`'s integer value `v` must lie in `lo..=hi`.
+fn int_in<T>(key: &str, v: T, lo: T, hi: T) -> Result<()>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if v < lo || v > hi {
+        bail!("key `{key}`: {v} is not allowed; use {lo}..={hi}");
+    }
+    Ok(())
 }
 
 /// Sets `key.path=value` inside a YAML tree, creating mappings on the way; the value is

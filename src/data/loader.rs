@@ -56,8 +56,9 @@ pub struct LoaderConfig {
     pub threads: usize,
     /// Bound on decoded images waiting to be taken.
     pub queue_size: usize,
-    /// Training mode: difficult objects are dropped, and images left without objects
-    /// are skipped (py-faster-rcnn's `filter_roidb`).
+    /// Training mode: difficult objects and boxes without area at training scale are
+    /// dropped, and images left without objects are skipped (py-faster-rcnn's
+    /// `filter_roidb`).
     pub drop_difficult: bool,
     /// Visit each epoch in a seeded permutation, endlessly when no count is given.
     pub shuffle: bool,
@@ -104,23 +105,14 @@ pub fn load_sample(
     }
     let scale = resize_scale(width, height, cfg.min_size, cfg.max_size);
     let (new_width, new_height) = scaled_size(width, height, scale);
-    let kept: Vec<_> = annotation
-        .objects
+    let kept = target_boxes(dataset, index, cfg, flip);
+    let flat: Vec<f32> = kept.iter().flat_map(|(_, b)| *b).collect();
+    let objects = &annotation.objects;
+    let labels: Vec<i64> = kept
         .iter()
-        .filter(|o| !(cfg.drop_difficult && o.difficult))
+        .map(|&(k, _)| objects[k].class_index as i64 + 1)
         .collect();
-    let mut boxes: Vec<[f32; 4]> = kept.iter().map(|o| voc_to_pixel_box(o.bbox)).collect();
-    // Flip in original pixels, then scale: py-faster-rcnn's order.
-    if flip {
-        flip_boxes(&mut boxes, width);
-    }
-    let flat: Vec<f32> = boxes
-        .iter()
-        .flatten()
-        .map(|&v| (v as f64 * scale) as f32)
-        .collect();
-    let labels: Vec<i64> = kept.iter().map(|o| o.class_index as i64 + 1).collect();
-    let difficult: Vec<bool> = kept.iter().map(|o| o.difficult).collect();
+    let difficult: Vec<bool> = kept.iter().map(|&(k, _)| objects[k].difficult).collect();
     let image = filled_f32_tensor(&[3, new_height as i64, new_width as i64], |out| {
         resize_normalize_into(&image, new_width, new_height, flip, cfg.normalization, out)
     })?;
@@ -135,6 +127,79 @@ pub fn load_sample(
         flipped: flip,
         orig_size: (width, height),
     })
+}
+
+/// The objects of image `index` that reach the detector, as `(object index, box)` with
+/// the box in 0-based pixels of the resized (and flipped) image. In training mode,
+/// difficult objects are dropped, and so is a box left without area after resizing (the
+/// detector's boxes have width `x2 - x1`, so a 1-pixel-wide VOC box, `xmin == xmax`, has
+/// none): it would make its regression target infinite and the loss NaN.
+fn target_boxes(
+    dataset: &VocDataset,
+    index: usize,
+    cfg: &LoaderConfig,
+    flip: bool,
+) -> Vec<(usize, [f32; 4])> {
+    let annotation = &dataset.annotations[index];
+    let scale = resize_scale(
+        annotation.width,
+        annotation.height,
+        cfg.min_size,
+        cfg.max_size,
+    );
+    annotation
+        .objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| !(cfg.drop_difficult && o.difficult))
+        .map(|(k, o)| {
+            let mut b = [voc_to_pixel_box(o.bbox)];
+            // Flip in original pixels, then scale: py-faster-rcnn's order.
+            if flip {
+                flip_boxes(&mut b, annotation.width);
+            }
+            (k, b[0].map(|v| (v as f64 * scale) as f32))
+        })
+        .filter(|(_, b)| !cfg.drop_difficult || (b[2] > b[0] && b[3] > b[1]))
+        .collect()
+}
+
+/// Whether image `index` has a training target either way it may be flipped.
+fn has_targets(dataset: &VocDataset, index: usize, cfg: &LoaderConfig) -> bool {
+    !target_boxes(dataset, index, cfg, false).is_empty()
+        && (!cfg.flip || !target_boxes(dataset, index, cfg, true).is_empty())
+}
+
+/// Warns once per loader about the boxes training leaves out for having no area after
+/// resizing, naming an example.
+fn warn_zero_area(dataset: &VocDataset, cfg: &LoaderConfig) {
+    if !cfg.drop_difficult {
+        return;
+    }
+    let mut count = 0;
+    let mut example = None;
+    for (index, annotation) in dataset.annotations.iter().enumerate() {
+        let kept = target_boxes(dataset, index, cfg, false);
+        for (k, o) in annotation.objects.iter().enumerate() {
+            if !o.difficult && !kept.iter().any(|&(j, _)| j == k) {
+                count += 1;
+                example.get_or_insert_with(|| {
+                    let [x1, y1, x2, y2] = o.bbox;
+                    format!(
+                        "object {} of {} is [{x1}, {y1}, {x2}, {y2}]",
+                        k + 1,
+                        super::voc::annotation_path(&dataset.root, &annotation.id).display()
+                    )
+                });
+            }
+        }
+    }
+    if let Some(example) = example {
+        tracing::warn!(
+            "{count} box(es) of split `{}` have no width or height at training scale and are left out of training (e.g. {example})",
+            dataset.split
+        );
+    }
 }
 
 /// A new CPU f32 tensor of `shape`, written by `fill`. Unlike `Tensor::from_slice`, this
@@ -216,10 +281,9 @@ impl Loader {
         count: Option<usize>,
     ) -> Result<Self> {
         let images: Vec<usize> = (0..dataset.len())
-            .filter(|&i| {
-                !cfg.drop_difficult || dataset.annotations[i].objects.iter().any(|o| !o.difficult)
-            })
+            .filter(|&i| !cfg.drop_difficult || has_targets(&dataset, i, &cfg))
             .collect();
+        warn_zero_area(&dataset, &cfg);
         let epoch_len = images.len();
         let end = match count {
             Some(count) => Some(start + count),
@@ -232,7 +296,7 @@ impl Loader {
                 dataset.split,
                 dataset.root.display(),
                 if cfg.drop_difficult {
-                    " (none has a non-difficult object)"
+                    " (none has a non-difficult object with a box of some area)"
                 } else {
                     ""
                 }

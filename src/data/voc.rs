@@ -1,5 +1,13 @@
 //! PASCAL VOC reader (SPEC §3): `Annotations/<id>.xml`, `ImageSets/Main/<split>.txt`,
 //! `JPEGImages/<id>.jpg`, and the class list (`labels.txt` or the 20 VOC classes).
+//!
+//! Boxes follow VOC's convention, one rule for every box: `xmin..=xmax` and `ymin..=ymax`
+//! are 1-based inclusive pixels, so `xmin == xmax` is a box one pixel wide (annotation
+//! tools write these; voc_eval counts them with its `+1`) and is accepted, while
+//! `xmax < xmin` or `ymax < ymin` is an inverted box and refused with the file named. A
+//! box reaching past the image is clipped to it with a warning; one wholly outside is
+//! refused. (Training leaves out boxes with no area at the detector's scale; see
+//! `loader::target_boxes`.) Every error names the file.
 use anyhow::{bail, Context, Result};
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -128,6 +136,7 @@ pub fn read_labels(root: &Path) -> Result<Option<Vec<String>>> {
     }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading class list {}", path.display()))?;
+    let text = strip_bom(&text);
     let classes: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -136,6 +145,12 @@ pub fn read_labels(root: &Path) -> Result<Option<Vec<String>>> {
         .collect();
     check_class_list(&classes).with_context(|| format!("class list {}", path.display()))?;
     Ok(Some(classes))
+}
+
+/// The text without the UTF-8 byte-order mark some Windows editors put first (it would
+/// otherwise become part of the first class name or image id, invisibly).
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 fn check_class_list(classes: &[String]) -> Result<()> {
@@ -159,6 +174,7 @@ pub fn read_image_set(root: &Path, split: &str) -> Result<Vec<String>> {
     let path = image_set_path(root, split);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading image set {} (split `{split}`)", path.display()))?;
+    let text = strip_bom(&text);
     let mut seen = HashSet::new();
     let mut ids = Vec::new();
     for (line_no, line) in text.lines().enumerate() {
@@ -200,7 +216,7 @@ const BOX_TAGS: [&str; 4] = ["xmin", "ymin", "xmax", "ymax"];
 /// Parses the text of one annotation file (errors without the file name; see
 /// [`parse_annotation`]).
 pub fn parse_annotation_str(text: &str, id: &str, classes: &[String]) -> Result<VocAnnotation> {
-    let mut reader = Reader::from_str(text);
+    let mut reader = Reader::from_str(strip_bom(text));
     reader.config_mut().trim_text(true);
     let mut stack: Vec<String> = Vec::new();
     let mut width = None;
@@ -322,8 +338,10 @@ fn finish_object(raw: RawObject, classes: &[String], width: u32, height: u32) ->
         };
     }
     let [xmin, ymin, xmax, ymax] = bbox;
+    // VOC's inclusive pixels: xmin == xmax is one pixel wide; only a max below its min is
+    // wrong.
     if xmax < xmin || ymax < ymin {
-        bail!("degenerate box: xmin {xmin} ymin {ymin} xmax {xmax} ymax {ymax} (a max is below its min)");
+        bail!("degenerate box: xmin {xmin} ymin {ymin} xmax {xmax} ymax {ymax} (a max is below its min; boxes are inclusive pixels, so xmin == xmax is one pixel wide and allowed)");
     }
     let (w, h) = (width as f32, height as f32);
     let clipped = [xmin.max(1.0), ymin.max(1.0), xmax.min(w), ymax.min(h)];
@@ -390,6 +408,32 @@ mod tests {
     }
 
     #[test]
+    fn one_pixel_boxes_are_accepted() {
+        // VOC's inclusive convention: xmin == xmax is one pixel wide.
+        let text = doc(&object("cat", ["19", "5", "19", "30"], "0"));
+        let ann = parse_annotation_str(&text, "x", &classes()).unwrap();
+        assert_eq!(ann.objects[0].bbox, [19.0, 5.0, 19.0, 30.0]);
+        let text = doc(&object("cat", ["3", "7", "3", "7"], "0"));
+        assert!(parse_annotation_str(&text, "x", &classes()).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LABELS_FILE), "\u{feff}cat\ndog\n").unwrap();
+        assert_eq!(read_labels(dir.path()).unwrap().unwrap(), classes());
+        let set = image_set_path(dir.path(), "train");
+        std::fs::create_dir_all(set.parent().unwrap()).unwrap();
+        std::fs::write(&set, "\u{feff}000001\n000002\n").unwrap();
+        assert_eq!(
+            read_image_set(dir.path(), "train").unwrap(),
+            ["000001", "000002"]
+        );
+        let text = format!("\u{feff}{}", doc(&object("cat", ["1", "1", "5", "5"], "0")));
+        assert!(parse_annotation_str(&text, "x", &classes()).is_ok());
+    }
+
+    #[test]
     fn clips_boxes_past_the_image() {
         let text = doc(&object("cat", ["-3", "0", "120", "50"], "0"));
         let ann = parse_annotation_str(&text, "x", &classes()).unwrap();
@@ -405,6 +449,10 @@ mod tests {
             ),
             (
                 doc(&object("cat", ["10", "1", "5", "5"], "0")),
+                "degenerate box",
+            ),
+            (
+                doc(&object("cat", ["1", "9", "5", "8"], "0")),
                 "degenerate box",
             ),
             (doc(&object("cat", ["1", "1", "x", "5"], "0")), "<xmax>"),

@@ -63,7 +63,8 @@ pub fn read_comp4(dir: &Path, split: &str, classes: &[String]) -> Result<Vec<Vec
             }
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading detections {}", path.display()))?;
-            text.lines()
+            crate::data::voc::strip_bom(&text)
+                .lines()
                 .enumerate()
                 .filter(|(_, line)| !line.trim().is_empty())
                 .map(|(n, line)| {
@@ -99,4 +100,43 @@ fn parse_line(line: &str) -> Result<Detection> {
         score,
         bbox: [x1, y1, x2, y2],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_it_writes_and_names_the_file_and_line_of_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec!["cat".to_string(), "dog".to_string()];
+        let det = Detection {
+            image_id: "000001".into(),
+            score: 0.5,
+            bbox: [1.0, 2.0, 30.0, 40.0],
+        };
+        write_comp4(dir.path(), "test", &classes, &[vec![det.clone()], vec![]]).unwrap();
+        let read = read_comp4(dir.path(), "test", &classes).unwrap();
+        assert_eq!(read, vec![vec![det], vec![]]);
+        // A byte-order mark and Windows line ends are tolerated.
+        let dog = comp4_path(dir.path(), "test", "dog");
+        std::fs::write(&dog, "\u{feff}000002 0.9 1 1 5 5\r\n\r\n").unwrap();
+        let read = read_comp4(dir.path(), "test", &classes).unwrap();
+        assert_eq!(read[1][0].image_id, "000002");
+        for bad in [
+            "000002 0.9 1 1 5\n",
+            "000002 nan 1 1 5 5\n",
+            "x 1 1 1 1 1e999\n",
+        ] {
+            std::fs::write(&dog, format!("000001 0.5 1 1 2 2\n{bad}")).unwrap();
+            let err = format!(
+                "{:#}",
+                read_comp4(dir.path(), "test", &classes).unwrap_err()
+            );
+            assert!(
+                err.contains(&dog.display().to_string()) && err.contains("line 2"),
+                "{err}"
+            );
+        }
+    }
 }

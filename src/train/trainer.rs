@@ -9,7 +9,7 @@ use crate::data::voc::VocDataset;
 use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::{ImageBatch, ImageTarget};
 use crate::eval::EvalReport;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{remove_stale_temp_files, write_atomic};
 use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
 use crate::train::determinism::{seed_torch, set_deterministic, stream_seed};
@@ -78,6 +78,7 @@ fn seed_iteration(seed: u64, iteration: usize) {
 /// Removes a run directory's checkpoints and results before a fresh training.
 fn clear_run(run_dir: &Path) -> Result<()> {
     checkpoint::clear(run_dir)?;
+    remove_stale_temp_files(run_dir)?;
     for name in RESULT_FILES {
         let path = run_dir.join(name);
         let removed = if path.is_dir() {
@@ -94,16 +95,21 @@ fn clear_run(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The config a run was trained with (from its latest checkpoint), with `overrides` on
-/// top (e.g. more iterations).
-pub fn resume_config(run_dir: &Path, overrides: &[String]) -> Result<ExperimentConfig> {
-    let state_path = checkpoint::latest(run_dir)?.with_context(|| {
+/// The checkpoint `--resume run_dir` continues from: the newest complete one (a corrupt
+/// or truncated newer one is skipped with a warning).
+fn resume_checkpoint(run_dir: &Path) -> Result<(PathBuf, CheckpointState)> {
+    checkpoint::require_latest(run_dir).with_context(|| {
         format!(
-            "--resume {}: no finished checkpoint there",
+            "--resume {}: cannot continue this run; train it afresh (without --resume)",
             run_dir.display()
         )
-    })?;
-    let state = checkpoint::read_state(&state_path)?;
+    })
+}
+
+/// The config a run was trained with (from its latest complete checkpoint), with
+/// `overrides` on top (e.g. more iterations).
+pub fn resume_config(run_dir: &Path, overrides: &[String]) -> Result<ExperimentConfig> {
+    let (state_path, state) = resume_checkpoint(run_dir)?;
     ExperimentConfig::from_yaml_str(&state.config_yaml, overrides, &state_path)
 }
 
@@ -142,13 +148,14 @@ struct TrainingState {
 fn prepare_run(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<PreparedRun> {
     let (run_dir, resume_state) = match resume {
         Some(dir) => {
-            let state_path = checkpoint::latest(dir)?.with_context(|| {
-                format!("--resume {}: no finished checkpoint there", dir.display())
-            })?;
-            (
-                dir.to_path_buf(),
-                Some(checkpoint::read_state(&state_path)?),
-            )
+            let (_, state) = resume_checkpoint(dir)?;
+            // Newer checkpoints skipped as incomplete would outrank the ones this run
+            // writes; temporary files of a killed write are garbage.
+            checkpoint::discard_newer(dir, state.iteration)?;
+            for sub in [dir.to_path_buf(), dir.join("detections")] {
+                remove_stale_temp_files(&sub)?;
+            }
+            (dir.to_path_buf(), Some(state))
         }
         None => (cfg.run_dir(), None),
     };
@@ -246,8 +253,10 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
         let mut images = Vec::with_capacity(t.batch_size);
         let mut scales = Vec::with_capacity(t.batch_size);
         let mut targets = Vec::with_capacity(t.batch_size);
+        let mut ids = Vec::with_capacity(t.batch_size);
         for _ in 0..t.batch_size {
             let sample = loader.next().context("training data loader ended")??;
+            ids.push(format!("`{}`", sample.id));
             images.push(sample.image.to_device(run.device));
             scales.push(sample.scale);
             targets.push(ImageTarget {
@@ -260,7 +269,14 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
         let total = losses.total();
         let total_value = total.double_value(&[]);
         if !total_value.is_finite() {
-            bail!("training diverged at iteration {iteration}: loss is {total_value}; lower train.lr or set train.clip_grad_norm");
+            bail!(
+                "training stopped at iteration {iteration}: the loss is {total_value} on image(s) {} of {}. \
+                 Check their annotations first (boxes, classes); if the loss was growing over \
+                 the last iterations instead, the training diverged: lower train.lr or set \
+                 train.clip_grad_norm",
+                ids.join(", "),
+                run.train_set.root.display()
+            );
         }
         state.sgd.zero_grad();
         total.backward();
@@ -307,6 +323,8 @@ fn save_checkpoint(run: &PreparedRun, state: &TrainingState, iteration: usize) -
         weights: String::new(),
         train_seconds: state.train_seconds,
         config_yaml: run.cfg.to_yaml()?,
+        weights_bytes: None,
+        weights_checksum: None,
     };
     checkpoint::save(
         &run.run_dir,
