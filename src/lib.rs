@@ -3,10 +3,12 @@
 //! One concept per module, in the spirit of torchvision's detection package:
 //! `quant` (the quantizers), `nn` (quantize-on-forward layers and backbones), `detect`
 //! (the Faster R-CNN parts), `data` (VOC reading, transforms, loader, synthetic data),
-//! `eval` (VOC AP), `train` (loop, schedule, checkpoints), `experiments` (sweeps, tables).
+//! `eval` (VOC AP), `train` (loop, schedule, checkpoints), `experiments` (sweeps, tables),
+//! `deploy` (the packed model file and inference from it).
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod deploy;
 pub mod detect;
 pub mod eval;
 pub mod experiments;

@@ -19,6 +19,36 @@ pub enum BenchTarget {
     Loader(LoaderBenchArgs),
     /// Median training-step time in float and at b bits, and their ratio.
     TrainStep(TrainStepBenchArgs),
+    /// Images/s of an exported model against the training-time model in evaluation mode,
+    /// load times, and the model file's size against the checkpoint.
+    Detect(DetectBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DetectBenchArgs {
+    /// The training run (its config, test images and latest checkpoint).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: std::path::PathBuf,
+    /// A checkpoint of that run instead of its latest.
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// The exported model (default: the checkpoint exported to a temporary file).
+    #[arg(long, value_name = "MODEL.lbw")]
+    pub model: Option<std::path::PathBuf>,
+    /// Test images per timed pass (decoded beforehand).
+    #[arg(long, default_value_t = 20)]
+    pub images: usize,
+    /// Timed passes per model (after one warm-up), alternating the two.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+    pub device: BenchDevice,
+    /// CPU threads (default: the run's `train.threads`, or torch's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the result as one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -82,7 +112,66 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchTarget::Quantize(args) => run_quantize(args),
         BenchTarget::Loader(args) => run_loader(args),
         BenchTarget::TrainStep(args) => run_train_step(args),
+        BenchTarget::Detect(args) => run_detect(args),
     }
+}
+
+fn run_detect(args: DetectBenchArgs) -> Result<()> {
+    let device = bench_device(args.device)?;
+    match args.threads {
+        Some(threads) => {
+            ensure!(threads >= 1, "--threads must be at least 1");
+            tch::set_num_threads(i32::try_from(threads)?);
+        }
+        None => {
+            if let Ok(cfg) =
+                crate::config::ExperimentConfig::load(&args.run.join("config.yaml"), &[])
+            {
+                crate::train::setup::configure_threads(cfg.train.threads);
+            }
+        }
+    }
+    let t = crate::train::bench::bench_detect(
+        &args.run,
+        args.checkpoint.as_deref(),
+        args.model.as_deref(),
+        args.images,
+        args.repeats,
+        device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&t)?);
+        return Ok(());
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "detect on {} test images, {} ({} thread(s)), medians of {} passes:\n",
+        t.images, t.device, t.threads, t.repeats
+    );
+    println!("| model | load ms | images/s | file |\n|:--|--:|--:|--:|");
+    println!(
+        "| training-time (checkpoint, quantize on forward) | {:.1} | {:.2} | {:.2} MB |",
+        t.training_load_ms,
+        t.training_images_per_s,
+        mb(t.checkpoint_bytes)
+    );
+    println!(
+        "| exported (packed codes, decoded at load) | {:.1} | {:.2} | {:.2} MB |",
+        t.exported_load_ms,
+        t.exported_images_per_s,
+        mb(t.model_file_bytes)
+    );
+    println!(
+        "\nexported / training-time: {:.3}x images/s; file {:.2}x smaller than the checkpoint, {:.2}x smaller than float32 weights ({:.2} MB); the table's storage figure {:.2} MB (file / figure {:.4}); identical detections: {}",
+        t.speedup,
+        t.checkpoint_bytes as f64 / t.model_file_bytes as f64,
+        t.float32_bytes as f64 / t.model_file_bytes as f64,
+        mb(t.float32_bytes),
+        mb(t.storage_bytes),
+        t.model_file_bytes as f64 / t.storage_bytes as f64,
+        if t.identical_detections { "yes" } else { "no" }
+    );
+    Ok(())
 }
 
 fn run_loader(args: LoaderBenchArgs) -> Result<()> {

@@ -1,15 +1,16 @@
-//! `lbwnet eval`: evaluate a run's latest checkpoint (or any checkpoint with a config) on
-//! the test split.
+//! `lbwnet eval`: evaluate a run's latest checkpoint, any checkpoint with a config, or an
+//! exported model file on the test split.
 use super::ConfigArgs;
 use crate::config::ExperimentConfig;
 use crate::data::synthetic::ensure_synthetic;
 use crate::data::voc::VocDataset;
+use crate::deploy::{DeployedModel, ModelFile};
 use crate::train::checkpoint;
 use crate::train::evaluate::evaluate_model;
 use crate::train::setup::{build_model, configure_threads, select_device};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
@@ -20,8 +21,16 @@ pub struct EvalArgs {
     /// A checkpoint (.safetensors or its .json state); the model comes from --config.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// An exported model file (`lbwnet export`): its own config is used, with the --set
+    /// overrides (e.g. `--set data.root=DIR`); --config is ignored.
+    #[arg(long, value_name = "MODEL.lbw", conflicts_with_all = ["run", "checkpoint"])]
+    pub model: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Where the comp4 detections (and images) go: `DIR/detections/` (default: the run's
+    /// `eval/`, or `<MODEL stem>-eval/` beside the model file).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Also write this many test images with boxes drawn (PNG).
     #[arg(long, default_value_t = 0)]
     pub save_images: usize,
@@ -31,6 +40,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(model) = &args.model {
+        return run_model(&args, model);
+    }
     let (cfg, weights, out_dir) = match (&args.run, &args.checkpoint) {
         (Some(run), _) => {
             let config_path = run.join("config.yaml");
@@ -65,6 +77,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (cfg, weights, run.join("eval"))
         }
     };
+    let out_dir = args.out.clone().unwrap_or(out_dir);
     cfg.check_data_path()?;
     ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     let device = select_device(cfg.train.device)?;
@@ -85,7 +98,51 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &out_dir.join("detections"),
         args.save_images,
     )?;
-    if args.json {
+    print_report(&report, &cfg, &out_dir, args.json)
+}
+
+/// `--model`: the exported model with its stored config and class list.
+fn run_model(args: &EvalArgs, path: &Path) -> Result<()> {
+    let file = ModelFile::read(path)?;
+    let cfg = file.config(&args.config.overrides)?;
+    let device = select_device(cfg.train.device)?;
+    let deployed = DeployedModel::from_file(&file, device, &args.config.overrides)
+        .with_context(|| format!("model file {}", path.display()))?;
+    drop(file);
+    cfg.check_data_path()?;
+    ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
+    configure_threads(cfg.train.threads);
+    let test_set = Arc::new(VocDataset::open(
+        &cfg.data.root,
+        &cfg.data.test_split,
+        Some(&deployed.meta.classes),
+    )?);
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        path.with_file_name(format!("{stem}-eval"))
+    });
+    let report = evaluate_model(
+        &deployed.model,
+        test_set,
+        &cfg.data,
+        &cfg.eval,
+        device,
+        &out_dir.join("detections"),
+        args.save_images,
+    )?;
+    print_report(&report, &cfg, &out_dir, args.json)
+}
+
+fn print_report(
+    report: &crate::eval::EvalReport,
+    cfg: &ExperimentConfig,
+    out_dir: &Path,
+    json: bool,
+) -> Result<()> {
+    if json {
         println!("{}", report.to_json());
     } else {
         eprintln!("{}", report.to_markdown());

@@ -1,10 +1,13 @@
 //! Command-line interface: one file per subcommand, each with its clap arguments and a
 //! `run` function.
 mod bench;
+mod detect;
 mod eval;
 mod eval_dets;
+mod export;
 mod gen_data;
 mod info;
+mod inspect;
 mod quantize;
 mod sweep;
 mod train;
@@ -39,11 +42,17 @@ pub enum Command {
     EvalDets(eval_dets::EvalDetsArgs),
     /// Train a Faster R-CNN from an experiment config.
     Train(train::TrainArgs),
-    /// Evaluate a trained run or checkpoint on the test split.
+    /// Evaluate a trained run, a checkpoint or an exported model on the test split.
     Eval(eval::EvalArgs),
+    /// Export a run's checkpoint as one packed low-bit model file.
+    Export(export::ExportArgs),
+    /// Run an exported model on images: detections.json and PNGs with the boxes drawn.
+    Detect(detect::DetectArgs),
+    /// Per-layer bits, alpha, sparsity, level histogram and bytes of a model file.
+    Inspect(inspect::InspectArgs),
     /// Run a bit-width / threshold sweep and write its tables and plots.
     Sweep(sweep::SweepArgs),
-    /// Benchmarks (quantizers, loader, training steps).
+    /// Benchmarks (quantizers, loader, training steps, exported-model detection).
     Bench(bench::BenchArgs),
 }
 
@@ -84,6 +93,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EvalDets(args) => eval_dets::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Detect(args) => detect::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Bench(args) => bench::run(args),
     }

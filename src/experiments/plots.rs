@@ -8,8 +8,9 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
-const FONT: &str = "sans-serif";
-const PALETTE: [RGBColor; 7] = [
+/// The family name text is drawn with (DejaVu Sans, see [`register_fonts`]).
+pub(crate) const FONT: &str = "sans-serif";
+pub(crate) const PALETTE: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -21,7 +22,7 @@ const PALETTE: [RGBColor; 7] = [
 
 /// plotters renders text with fonts registered by name; DejaVu Sans ships in a crate so
 /// plots look the same on machines without system fonts.
-fn register_fonts() {
+pub(crate) fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());

@@ -98,14 +98,31 @@ pub struct LayerStats {
 }
 
 /// The weight a quantized layer's forward uses: Q(W) forward, identity backward.
+///
+/// With gradients enabled this is `W + (Q(W) - W).detach()`. In float arithmetic that sum
+/// is not always bit-equal to Q(W) (a weight clipped to alpha from above 2 alpha loses the
+/// exactness of the subtraction), so without gradients (evaluation under `no_grad`) the
+/// forward uses Q(W) itself: what an exported model, which stores `alpha * q`, computes.
+/// Training forward values and gradients are unchanged.
 pub fn straight_through(weight: &Tensor, spec: Option<&QuantSpec>) -> Tensor {
     match spec {
         None => weight.shallow_clone(),
         Some(spec) => {
             let quantized = tch::no_grad(|| crate::quant::quantize(weight, spec));
-            weight + (quantized - weight).detach()
+            if grad_enabled() {
+                weight + (quantized - weight).detach()
+            } else {
+                quantized
+            }
         }
     }
+}
+
+/// Whether autograd records operations on this thread (false inside `tch::no_grad`).
+/// tch does not expose the grad mode, so ask a one-element leaf that requires grad.
+fn grad_enabled() -> bool {
+    let probe = Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    (&probe * 1.0).requires_grad()
 }
 
 #[derive(Debug)]

@@ -1,0 +1,589 @@
+//! The exported model end to end on a tiny trained 6-bit run: `export` → `inspect` →
+//! `detect` → `eval --model`; the file's size against the sweep table's storage figure;
+//! comp4 detections byte-identical to the run's own evaluation; bad input refused with
+//! the file named, never a panic.
+use lbwnet::config::ExperimentConfig;
+use lbwnet::deploy::format::ModelFile;
+use lbwnet::deploy::DeployedModel;
+use lbwnet::detect::image_list::ImageBatch;
+use lbwnet::train::checkpoint;
+use lbwnet::train::setup::build_model;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+/// A 6-bit run with c = 0.5: at so low a c many weights lie above 2 alpha and are
+/// clipped, which is where `W + (Q(W) - W)` differs from `Q(W)` in float arithmetic (at
+/// the default c = 7.2 hardly a weight of a short run does), so the identical-detections
+/// checks see the case that needs the evaluation path's exactness.
+/// The model is just large enough (0.5 MB packed) that the file's header stays a small
+/// part of it, as for real models.
+fn tiny_config(root: &Path) -> ExperimentConfig {
+    let yaml = format!(
+        r#"
+name: deploy
+data:
+  root: {data}
+  min_size: 96
+  max_size: 128
+  loader_threads: 1
+  synthetic: {{train: 6, test: 4, seed: 7, width: 128, height: 96}}
+model:
+  backbone: small
+  small_width: 16
+  anchor_sizes: [32, 64]
+  rpn: {{channels: 32, pre_nms_top_n_train: 200, post_nms_top_n_train: 50, pre_nms_top_n_test: 100, post_nms_top_n_test: 20, min_size: 2}}
+  roi: {{batch_size_per_image: 32, head_hidden: 64}}
+quant: {{bits: 6, method: lbw, c: 0.5}}
+train:
+  iterations: 6
+  lr: 0.005
+  lr_steps: [4]
+  warmup_iterations: 2
+  checkpoint_interval: 0
+  log_interval: 2
+  output_dir: {runs}
+  device: cpu
+  threads: 1
+"#,
+        data = root.join("data").display(),
+        runs = root.join("runs").display()
+    );
+    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("deploy.yaml")).unwrap()
+}
+
+struct Trained {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    cfg: ExperimentConfig,
+    model: PathBuf,
+}
+
+/// One trained run and its export, shared by the tests of this file.
+fn trained() -> &'static Trained {
+    static TRAINED: OnceLock<Trained> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let cfg = tiny_config(&root);
+        lbwnet::train::trainer::train(&cfg, None).unwrap();
+        let model = root.join("model").join("tiny.lbw");
+        lbwnet_ok(&[
+            "export",
+            "--run",
+            cfg.run_dir().to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+        ]);
+        Trained {
+            _dir: dir,
+            root,
+            cfg,
+            model,
+        }
+    })
+}
+
+fn lbwnet(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lbwnet_ok(args: &[&str]) -> Output {
+    let out = lbwnet(args);
+    assert!(
+        out.status.success(),
+        "lbwnet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must fail: non-zero exit, no panic, `names` in its error.
+fn lbwnet_fails(args: &[&str], names: &str) -> String {
+    let out = lbwnet(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "lbwnet {args:?} succeeded: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "lbwnet {args:?} panicked: {stderr}"
+    );
+    assert!(
+        stderr.contains(names),
+        "lbwnet {args:?}: `{names}` not in {stderr}"
+    );
+    stderr
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read_dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn exported_file_is_within_two_percent_of_the_table_figure_and_reproducible() {
+    let t = trained();
+    let bytes = std::fs::metadata(&t.model).unwrap().len();
+    let figure = lbwnet::experiments::table::measure_run(&t.cfg)
+        .unwrap()
+        .storage_bytes;
+    let ratio = bytes as f64 / figure as f64;
+    assert!(
+        (1.0..=1.02).contains(&ratio),
+        "file {bytes} bytes, table figure {figure} bytes: ratio {ratio}"
+    );
+    // The float checkpoint is several times larger.
+    let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
+    assert!(std::fs::metadata(&weights).unwrap().len() > 8 * bytes);
+
+    // Exporting again gives the same bytes.
+    let again = t.root.join("again.lbw");
+    lbwnet_ok(&["export", "--run", s(&t.cfg.run_dir()), "--out", s(&again)]);
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&t.model).unwrap()
+    );
+
+    // inspect: every quantized layer at 6 bits, sizes adding up.
+    let out = lbwnet_ok(&["inspect", s(&t.model), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["file_bytes"], bytes);
+    assert_eq!(report["storage_bytes"], figure);
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 12, "{report}");
+    let mut layer_bytes = 0;
+    for layer in layers {
+        assert_eq!(layer["bits"], 6, "{layer}");
+        let counts: u64 = layer["level_counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(counts, layer["numel"].as_u64().unwrap());
+        assert_eq!(layer["level_counts"].as_array().unwrap().len(), 17);
+        layer_bytes += layer["bytes"].as_u64().unwrap();
+    }
+    let float_bytes = 4 * report["other_float_params"].as_u64().unwrap();
+    assert_eq!(layer_bytes + float_bytes, figure);
+    assert_eq!(
+        report["provenance"]["iteration"], 6,
+        "{}",
+        report["provenance"]
+    );
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.cfg.run_dir().join("metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["provenance"]["map"], metrics["map"]);
+    let text = String::from_utf8(lbwnet_ok(&["inspect", s(&t.model)]).stdout).unwrap();
+    assert!(text.contains("backbone.features.0.conv.weight") && text.contains("float32"));
+}
+
+#[test]
+fn eval_model_writes_the_runs_own_comp4_detections_byte_for_byte() {
+    let t = trained();
+    let out_dir = t.root.join("eval-model");
+    let out = lbwnet_ok(&[
+        "eval",
+        "--model",
+        s(&t.model),
+        "--out",
+        s(&out_dir),
+        "--json",
+    ]);
+    let from_model: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = lbwnet_ok(&[
+        "eval",
+        "--run",
+        s(&t.cfg.run_dir()),
+        "--out",
+        s(&t.root.join("eval-run")),
+        "--json",
+    ]);
+    let from_run: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(from_model, from_run);
+    let own = read_dir_bytes(&t.cfg.run_dir().join("detections"));
+    let exported = read_dir_bytes(&out_dir.join("detections"));
+    assert!(own.iter().map(|(_, b)| b.len()).sum::<usize>() > 0);
+    assert_eq!(own, exported, "comp4 files differ from the run's own");
+}
+
+#[test]
+fn decoded_model_computes_exactly_what_the_training_time_model_evaluates() {
+    let t = trained();
+    let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
+    let deployed = DeployedModel::load(&t.model, tch::Device::Cpu, &[]).unwrap();
+    let (vs, training) =
+        build_model(&t.cfg, deployed.meta.classes.len(), tch::Device::Cpu, false).unwrap();
+    checkpoint::load_weights(&weights, &vs).unwrap();
+
+    // The case the evaluation path must get right exists in this model: weights whose
+    // straight-through sum `W + (Q(W) - W)` is not Q(W) in float.
+    let spec = t.cfg.quant_spec().unwrap().unwrap();
+    let inexact: i64 = training.registry.with_layers(|layers| {
+        layers
+            .iter()
+            .map(|l| {
+                let q = lbwnet::quant::quantize(&l.weight.detach(), &spec);
+                let sum = l.weight.detach() + (&q - l.weight.detach());
+                sum.ne_tensor(&q).sum(tch::Kind::Int64).int64_value(&[])
+            })
+            .sum()
+    });
+    assert!(
+        inexact > 0,
+        "no weight exercises the inexact straight-through sum"
+    );
+
+    let dataset = lbwnet::data::voc::VocDataset::open(
+        &t.cfg.data.root,
+        &t.cfg.data.test_split,
+        Some(&deployed.meta.classes),
+    )
+    .unwrap();
+    let loader = lbwnet::data::loader::LoaderConfig::from_data_config(&t.cfg.data, false, 0);
+    for index in 0..dataset.len() {
+        let sample = lbwnet::data::loader::load_sample(&dataset, index, false, &loader).unwrap();
+        let batch = ImageBatch::new(&[sample.image], vec![sample.scale]);
+        let a = training.inference_pass(&batch, &t.cfg.eval);
+        let b = deployed.model.inference_pass(&batch, &t.cfg.eval);
+        assert!(a.rpn.proposals[0].equal(&b.rpn.proposals[0]));
+        let (a, b) = (&a.detections[0], &b.detections[0]);
+        assert!(a.boxes.numel() > 0);
+        assert!(a.boxes.equal(&b.boxes) && a.scores.equal(&b.scores) && a.labels.equal(&b.labels));
+    }
+}
+
+#[test]
+fn straight_through_is_q_of_w_in_evaluation_and_unchanged_in_training() {
+    tch::manual_seed(3);
+    let spec = lbwnet::quant::QuantSpec::new(lbwnet::quant::Method::Lbw, 6, Some(0.5)).unwrap();
+    let w =
+        tch::Tensor::randn([64, 32], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let q = tch::no_grad(|| lbwnet::quant::quantize(&w, &spec));
+    let sum = tch::no_grad(|| &w + (&q - &w));
+    assert!(sum.ne_tensor(&q).any().int64_value(&[]) == 1);
+    // Training: the same W + (Q(W) - W) as before, and the identity gradient.
+    let st = lbwnet::nn::qlayers::straight_through(&w, Some(&spec));
+    assert!(st.requires_grad() && st.detach().equal(&sum));
+    st.sum(tch::Kind::Float).backward();
+    assert!(w.grad().equal(&tch::Tensor::ones_like(&w)));
+    // Evaluation: Q(W) itself.
+    let eval = tch::no_grad(|| lbwnet::nn::qlayers::straight_through(&w, Some(&spec)));
+    assert!(eval.equal(&q));
+}
+
+/// One comp4 line's numbers.
+struct Comp4 {
+    score: f64,
+    bbox: [f64; 4],
+}
+
+#[test]
+fn detect_runs_on_files_and_directories_in_original_pixels() {
+    let t = trained();
+    let images = t.cfg.data.root.join("JPEGImages");
+    let dataset = lbwnet::data::voc::VocDataset::open(&t.cfg.data.root, "test", None).unwrap();
+    let first = dataset.image_path(0);
+    // The test images are 128x96; also a grayscale PNG, an RGBA PNG and a larger copy.
+    let extra = t.root.join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    let rgb = image::open(&first).unwrap();
+    rgb.to_luma8().save(extra.join("gray.png")).unwrap();
+    rgb.to_rgba8().save(extra.join("rgba.png")).unwrap();
+    rgb.resize_exact(400, 300, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+        .save(extra.join("large.jpg"))
+        .unwrap();
+
+    let out_dir = t.root.join("detect");
+    let test_files: Vec<PathBuf> = (0..dataset.len()).map(|i| dataset.image_path(i)).collect();
+    let mut args = vec![
+        "detect".to_string(),
+        "--model".into(),
+        s(&t.model).into(),
+        "--device".into(),
+        "cpu".into(),
+        "--out".into(),
+        s(&out_dir).into(),
+        "--score-thresh".into(),
+        t.cfg.eval.score_thresh.to_string(),
+        s(&extra).into(),
+    ];
+    args.extend(test_files.iter().map(|p| s(p).to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lbwnet_ok(&args);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("detections.json")).unwrap())
+            .unwrap();
+    let records = json["images"].as_array().unwrap();
+    assert_eq!(records.len(), 3 + test_files.len());
+    assert!(json["failed"].as_array().unwrap().is_empty());
+    for r in records {
+        let png = PathBuf::from(r["image"].as_str().unwrap());
+        let drawn = image::open(&png).unwrap();
+        assert_eq!(
+            (drawn.width(), drawn.height()),
+            (
+                r["width"].as_u64().unwrap() as u32,
+                r["height"].as_u64().unwrap() as u32
+            )
+        );
+        for d in r["detections"].as_array().unwrap() {
+            let b: Vec<f64> = d["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let (w, h) = (r["width"].as_f64().unwrap(), r["height"].as_f64().unwrap());
+            assert!(b[0] >= 0.0 && b[0] <= b[2] && b[2] <= w, "{d}");
+            assert!(b[1] >= 0.0 && b[1] <= b[3] && b[3] <= h, "{d}");
+            assert!(dataset
+                .classes
+                .contains(&d["class"].as_str().unwrap().to_string()));
+        }
+    }
+    let large = records
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().ends_with("large.jpg"))
+        .unwrap();
+    assert_eq!(
+        (large["width"].as_u64(), large["height"].as_u64()),
+        (Some(400), Some(300))
+    );
+
+    // On the test images, detect finds what the evaluation wrote (comp4 boxes are the same
+    // boxes in 1-based pixels, to 3 and 1 decimals).
+    let mut comp4: HashMap<(String, String), Vec<Comp4>> = HashMap::new();
+    for class in &dataset.classes {
+        let path = t
+            .cfg
+            .run_dir()
+            .join("detections")
+            .join(format!("comp4_det_test_{class}.txt"));
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let v: Vec<f64> = f[1..].iter().map(|x| x.parse().unwrap()).collect();
+            comp4
+                .entry((f[0].to_string(), class.clone()))
+                .or_default()
+                .push(Comp4 {
+                    score: v[0],
+                    bbox: [v[1], v[2], v[3], v[4]],
+                });
+        }
+    }
+    let mut matched = 0;
+    for (r, path) in records
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with(s(&images)))
+        .zip(&test_files)
+    {
+        assert_eq!(r["path"].as_str().unwrap(), s(path));
+        let id = path.file_stem().unwrap().to_str().unwrap();
+        let dets = r["detections"].as_array().unwrap();
+        let expected: usize = comp4
+            .iter()
+            .filter(|((image, _), _)| image == id)
+            .map(|(_, v)| v.len())
+            .sum();
+        assert_eq!(dets.len(), expected, "{id}");
+        for d in dets {
+            let key = (id.to_string(), d["class"].as_str().unwrap().to_string());
+            let score = d["score"].as_f64().unwrap();
+            // 1-based, and (as VOC pixels) at most the image's width and height.
+            let (w, h) = (r["width"].as_f64().unwrap(), r["height"].as_f64().unwrap());
+            let b: Vec<f64> = d["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip([w, h, w, h])
+                .map(|(v, limit)| (v.as_f64().unwrap() + 1.0).min(limit))
+                .collect();
+            let found = comp4[&key].iter().any(|c| {
+                (c.score - score).abs() <= 0.0005 + 1e-9
+                    && c.bbox.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 0.06)
+            });
+            assert!(found, "{id}: {d} not among the comp4 detections");
+            matched += 1;
+        }
+    }
+    assert!(matched > 0);
+
+    // --json: one line per image on stdout, nothing written.
+    let out = lbwnet_ok(&[
+        "detect",
+        "--model",
+        s(&t.model),
+        "--device",
+        "cpu",
+        "--json",
+        s(&extra),
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines
+        .iter()
+        .all(|l| l["detections"].is_array() && l.get("image").is_none()));
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_file_named() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&t.model).unwrap();
+
+    // Truncated, a flipped byte in the weights, an unknown format version, and a
+    // safetensors file that is a training checkpoint rather than a model.
+    let truncated = dir.path().join("truncated.lbw");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let corrupted = dir.path().join("corrupted.lbw");
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 1000;
+    flipped[at] ^= 0x10;
+    std::fs::write(&corrupted, &flipped).unwrap();
+    let future = dir.path().join("future.lbw");
+    let mut file = ModelFile::read(&t.model).unwrap();
+    file.meta.format_version = 99;
+    std::fs::write(
+        &future,
+        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
+    )
+    .unwrap();
+    let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
+    let image = dataset_image(t);
+    for (path, why) in [
+        (&truncated, "truncated"),
+        (&corrupted, "checksum"),
+        (&future, "version 99"),
+        (&weights, "lbwnet export"),
+        (&dir.path().join("missing.lbw"), "reading model file"),
+    ] {
+        let err = lbwnet_fails(&["inspect", s(path)], s(path));
+        assert!(err.contains(why), "{err}");
+        let out = dir.path().join("out");
+        let err = lbwnet_fails(
+            &[
+                "detect",
+                "--model",
+                s(path),
+                "--device",
+                "cpu",
+                "--out",
+                s(&out),
+                s(&image),
+            ],
+            s(path),
+        );
+        assert!(err.contains(why), "{err}");
+        assert!(!out.exists(), "detect wrote output for a bad model");
+        lbwnet_fails(&["eval", "--model", s(path), "--out", s(&out)], s(path));
+    }
+
+    // A batch: good images are still processed and written; the bad ones are listed, and
+    // the exit status says something failed.
+    let not_image = dir.path().join("notes.jpg");
+    std::fs::write(&not_image, b"not an image").unwrap();
+    // Cut inside the JPEG header (the decoder fills in a cut-off scan, which counts as
+    // readable).
+    let half_jpeg = dir.path().join("half.jpg");
+    let jpeg = std::fs::read(&image).unwrap();
+    std::fs::write(&half_jpeg, &jpeg[..200]).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = dir.path().join("missing.png");
+    let out = dir.path().join("batch");
+    let err = lbwnet_fails(
+        &[
+            "detect",
+            "--model",
+            s(&t.model),
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+            s(&not_image),
+            s(&image),
+            s(&empty),
+            s(&half_jpeg),
+            s(&missing),
+        ],
+        "4 of 5 inputs",
+    );
+    for bad in [&not_image, &empty, &half_jpeg, &missing] {
+        assert!(err.contains(s(bad)), "{bad:?} not listed: {err}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("detections.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["images"].as_array().unwrap().len(), 1);
+    assert_eq!(json["failed"].as_array().unwrap().len(), 4);
+    let written: Vec<String> = read_dir_bytes(&out).into_iter().map(|(n, _)| n).collect();
+    let stem = image.file_stem().unwrap().to_str().unwrap();
+    assert_eq!(
+        written,
+        [format!("{stem}.png"), "detections.json".to_string()]
+    );
+
+    // Only an empty directory: refused, non-zero.
+    lbwnet_fails(
+        &[
+            "detect",
+            "--model",
+            s(&t.model),
+            "--device",
+            "cpu",
+            "--json",
+            s(&empty),
+        ],
+        s(&empty),
+    );
+    // Export from something that is not a run: refused, nothing written.
+    let model = dir.path().join("never.lbw");
+    lbwnet_fails(
+        &["export", "--run", s(&empty), "--out", s(&model)],
+        s(&empty),
+    );
+    assert!(!model.exists());
+}
+
+fn dataset_image(t: &Trained) -> PathBuf {
+    lbwnet::data::voc::VocDataset::open(&t.cfg.data.root, "test", None)
+        .unwrap()
+        .image_path(0)
+}
+
+#[test]
+fn a_libtorch_error_during_detection_is_an_error_not_a_panic() {
+    let err = lbwnet::deploy::model::catch_panic(|| {
+        let t = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+        Ok(t.view([3]).numel())
+    })
+    .unwrap_err();
+    assert!(format!("{err}").contains("the detector failed"), "{err}");
+    // The panic hook is restored: later panics report as usual (and are caught here).
+    assert!(std::panic::catch_unwind(|| panic!("still reported")).is_err());
+}
