@@ -1,7 +1,7 @@
 //! Makes the built binaries find libtorch without any environment variable: an rpath to
 //! the libtorch directory, and libtorch_cuda linked explicitly when that libtorch has it
 //! (the linker's --as-needed would otherwise drop it, and CUDA would never be found).
-//! It also compiles `src/train/determinism.cpp`, a few libtorch calls tch does not wrap.
+//! It also compiles `src/torch_ext.cpp`, a few libtorch calls tch does not wrap.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,7 +47,7 @@ fn libtorch_version(lib: &std::path::Path) -> String {
 
 /// Compiles the C++ shim against the headers beside `lib` (`<torch>/include`).
 fn compile_shim(lib: &std::path::Path) {
-    const SHIM: &str = "src/train/determinism.cpp";
+    const SHIM: &str = "src/torch_ext.cpp";
     println!("cargo:rerun-if-changed={SHIM}");
     let include = lib.parent().unwrap_or(lib).join("include");
     cc::Build::new()

@@ -17,4 +17,5 @@ pub mod nn;
 pub mod npy;
 pub mod progress;
 pub mod quant;
+pub mod torch_ext;
 pub mod train;

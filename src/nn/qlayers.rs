@@ -109,20 +109,13 @@ pub fn straight_through(weight: &Tensor, spec: Option<&QuantSpec>) -> Tensor {
         None => weight.shallow_clone(),
         Some(spec) => {
             let quantized = tch::no_grad(|| crate::quant::quantize(weight, spec));
-            if grad_enabled() {
+            if crate::torch_ext::grad_enabled() {
                 weight + (quantized - weight).detach()
             } else {
                 quantized
             }
         }
     }
-}
-
-/// Whether autograd records operations on this thread (false inside `tch::no_grad`).
-/// tch does not expose the grad mode, so ask a one-element leaf that requires grad.
-fn grad_enabled() -> bool {
-    let probe = Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-    (&probe * 1.0).requires_grad()
 }
 
 #[derive(Debug)]

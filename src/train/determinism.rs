@@ -5,11 +5,6 @@
 //! deterministic kernels (index_add, scatter and embedding_bag backward, cuDNN convolutions)
 //! and a fixed cuBLAS workspace; see README "Reproducibility".
 
-extern "C" {
-    fn lbwnet_set_deterministic(on: i32);
-    fn lbwnet_deterministic_algorithms() -> i32;
-}
-
 /// cuBLAS is only deterministic with a fixed workspace, read when its handle is created.
 const CUBLAS_WORKSPACE: &str = "CUBLAS_WORKSPACE_CONFIG";
 
@@ -20,14 +15,12 @@ pub fn set_deterministic(on: bool) {
         // Before any CUDA work and before the loader's threads start.
         std::env::set_var(CUBLAS_WORKSPACE, ":4096:8");
     }
-    // SAFETY: plain setters on libtorch's global context.
-    unsafe { lbwnet_set_deterministic(i32::from(on)) }
+    crate::torch_ext::set_deterministic_algorithms(on);
 }
 
 /// Whether libtorch's deterministic algorithms are on.
 pub fn deterministic() -> bool {
-    // SAFETY: a getter on libtorch's global context.
-    unsafe { lbwnet_deterministic_algorithms() != 0 }
+    crate::torch_ext::deterministic_algorithms()
 }
 
 /// One 64-bit seed per (run seed, stream): initialization and each iteration draw from

@@ -1,5 +1,6 @@
-// libtorch's global determinism switches, which tch does not wrap (see determinism.rs).
+// libtorch calls that tch does not wrap; their safe Rust side is src/torch_ext.rs.
 #include <ATen/Context.h>
+#include <c10/core/GradMode.h>
 
 extern "C" void lbwnet_set_deterministic(int on) {
   auto& context = at::globalContext();
@@ -12,4 +13,8 @@ extern "C" void lbwnet_set_deterministic(int on) {
 
 extern "C" int lbwnet_deterministic_algorithms() {
   return at::globalContext().deterministicAlgorithms() ? 1 : 0;
+}
+
+extern "C" int lbwnet_grad_enabled() {
+  return c10::GradMode::is_enabled() ? 1 : 0;
 }
