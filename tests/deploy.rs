@@ -2,6 +2,9 @@
 //! `detect` → `eval --model`; the file's size against the sweep table's storage figure;
 //! comp4 detections byte-identical to the run's own evaluation; bad input refused with
 //! the file named, never a panic.
+mod common;
+
+use common::{lbwnet, lbwnet_ok};
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
 use lbwnet::deploy::DeployedModel;
@@ -10,7 +13,6 @@ use lbwnet::train::checkpoint;
 use lbwnet::train::setup::build_model;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::OnceLock;
 
 /// A 6-bit run with c = 0.5: at so low a c many weights lie above 2 alpha and are
@@ -83,23 +85,6 @@ fn trained() -> &'static Trained {
             model,
         }
     })
-}
-
-fn lbwnet(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn lbwnet_ok(args: &[&str]) -> Output {
-    let out = lbwnet(args);
-    assert!(
-        out.status.success(),
-        "lbwnet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Runs a command that must fail: non-zero exit, no panic, `names` in its error.

@@ -1,5 +1,8 @@
 //! The Faster R-CNN building blocks against torchvision 0.26 fixtures
 //! (`tests/fixtures/make_fixtures.py`). Runs on CUDA when available, else on the CPU.
+mod common;
+
+use common::{f64s, fixture as load, i64s};
 use lbwnet::detect::anchors::{base_anchors, grid_anchors};
 use lbwnet::detect::box_coder::BoxCoder;
 use lbwnet::detect::box_ops::{box_area, box_iou, clip_boxes_to_image, remove_small_boxes};
@@ -15,28 +18,6 @@ const TOL: f64 = 1e-4;
 
 fn device() -> Device {
     Device::cuda_if_available()
-}
-
-fn load(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("number array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
-}
-
-fn i64s(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .expect("integer array")
-        .iter()
-        .map(|x| x.as_i64().expect("integer"))
-        .collect()
 }
 
 /// A `{"shape", "data"}` fixture as an f32 tensor on the test device.

@@ -15,6 +15,9 @@
 //! (see `config_for`). Values are compared to `TOL * max(1, |torchvision|)`: absolute for
 //! values up to 1 (losses, logits, deltas, scores), relative above (box coordinates in
 //! pixels).
+mod common;
+
+use common::{f64s, fixture, i64s};
 use lbwnet::config::{Backbone, ExperimentConfig, Pooler};
 use lbwnet::detect::faster_rcnn::FasterRcnn;
 use lbwnet::detect::image_list::{ImageBatch, ImageTarget};
@@ -78,31 +81,6 @@ fn formula_tensor(name: &str, shape: &[i64]) -> Tensor {
 }
 
 // --- fixture access ---
-
-fn load() -> Value {
-    let path = format!(
-        "{}/tests/fixtures/detector.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("number array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
-}
-
-fn i64s(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .expect("integer array")
-        .iter()
-        .map(|x| x.as_i64().expect("integer"))
-        .collect()
-}
 
 fn num(v: &Value) -> f64 {
     v.as_f64().expect("number")
@@ -323,7 +301,7 @@ fn check_case(name: &str) {
     // One libtorch thread: on a busy 2-core machine (make test runs two tests at a time)
     // two threads wait on each other's barriers and take several times longer.
     tch::set_num_threads(1);
-    let f = load();
+    let f = fixture("detector.json");
     let case = &f["cases"][name];
     let cfg = config_for(&case["settings"]);
     let mut report = Report::default();

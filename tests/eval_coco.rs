@@ -1,6 +1,9 @@
 //! COCO metrics (SPEC §3 `coco`) against pycocotools 2.0.11 / numpy 2.4.6 fixtures
 //! (`tests/fixtures/make_coco_fixtures.py`): the library, `evaluate` with
 //! `ApMetric::Coco`, and `lbwnet eval-dets --metric coco` on comp4 files.
+mod common;
+
+use common::assert_success;
 use lbwnet::config::ApMetric;
 use lbwnet::data::voc::{VocAnnotation, VocObject};
 use lbwnet::eval::{coco_evaluate, evaluate, write_comp4, CocoMetrics, Detection};
@@ -303,7 +306,6 @@ fn write_voc(root: &Path, case: &Case) {
 #[test]
 fn eval_dets_command_prints_coco_json() {
     let cases = fixture();
-    let exe = env!("CARGO_BIN_EXE_lbwnet");
     for name in ["mixed", "crowd_ties_bounds"] {
         let case = cases.iter().find(|c| c.name == name).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -311,18 +313,15 @@ fn eval_dets_command_prints_coco_json() {
         write_voc(&root, case);
         write_comp4(&dets, "test", &case.classes, &case.detections).unwrap();
         let run = |extra: &[&str]| {
-            let out = std::process::Command::new(exe)
-                .args(["-q", "eval-dets", "--metric", "coco", "--data"])
-                .arg(&root)
-                .arg("--dets")
-                .arg(&dets)
-                .args(extra)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = assert_success(
+                common::lbwnet_command()
+                    .args(["-q", "eval-dets", "--metric", "coco", "--data"])
+                    .arg(&root)
+                    .arg("--dets")
+                    .arg(&dets)
+                    .args(extra)
+                    .output()
+                    .unwrap(),
             );
             String::from_utf8(out.stdout).unwrap()
         };

@@ -1,4 +1,7 @@
 //! VOC AP on small hand-computed cases (SPEC §3), comp4 files, and `lbwnet eval-dets`.
+mod common;
+
+use common::assert_success;
 use lbwnet::config::ApMetric;
 use lbwnet::data::voc::{VocAnnotation, VocObject};
 use lbwnet::eval::{evaluate, read_comp4, write_comp4, Detection, EvalReport};
@@ -332,20 +335,16 @@ fn eval_dets_command_prints_table_and_json() {
         "im1 0.900 1.0 1.0 20.0 20.0\nim2 0.100 60.0 60.0 70.0 70.0\n",
     )
     .unwrap();
-    let exe = env!("CARGO_BIN_EXE_lbwnet");
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(exe)
-            .args(["-q", "eval-dets", "--data"])
-            .arg(&root)
-            .arg("--dets")
-            .arg(&dets)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = assert_success(
+            common::lbwnet_command()
+                .args(["-q", "eval-dets", "--data"])
+                .arg(&root)
+                .arg("--dets")
+                .arg(&dets)
+                .args(extra)
+                .output()
+                .unwrap(),
         );
         String::from_utf8(out.stdout).unwrap()
     };
@@ -365,7 +364,7 @@ fn eval_dets_command_prints_table_and_json() {
     );
 
     std::fs::write(dets.join("comp4_det_test_dog.txt"), "im9 0.5 1 1 2 2\n").unwrap();
-    let out = std::process::Command::new(exe)
+    let out = common::lbwnet_command()
         .args(["-q", "eval-dets", "--data"])
         .arg(&root)
         .arg("--dets")

@@ -1,15 +1,11 @@
 //! `lbwnet quantize` end to end: JSON summary, output file, and the error cases, which
 //! must exit non-zero, say why, and leave no output file behind.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use tch::{Device, Kind, Tensor};
+mod common;
 
-fn lbwnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .args(args)
-        .output()
-        .expect("running lbwnet")
-}
+use common::lbwnet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use tch::{Device, Kind, Tensor};
 
 fn run_quantize(input: &Path, output: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

@@ -1,9 +1,10 @@
 //! `train.seed` fixes everything on CPU: the binary run twice, in two processes and two
 //! working directories, writes byte-identical checkpoints, metrics and detections, and
 //! another seed starts from other initial weights.
+mod common;
+
+use common::{assert_success, lbwnet_command, read_weights};
 use std::path::Path;
-use std::process::Command;
-use tch::Tensor;
 
 /// A tiny config with relative paths, so two working directories give the same bytes
 /// (metrics.json and config.yaml name the run directory).
@@ -41,15 +42,12 @@ fn train_in(dir: &Path, sets: &[&str]) -> std::path::PathBuf {
     for set in sets {
         args.extend(["--set", set]);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .args(&args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_success(
+        lbwnet_command()
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .unwrap(),
     );
     dir.join("runs/repro/w6-lbw-c7.2")
 }
@@ -128,12 +126,8 @@ fn another_seed_starts_from_other_weights() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut with_seed_1 = init.to_vec();
     with_seed_1.push("train.seed=1");
-    let weights = |run: std::path::PathBuf| {
-        let mut t =
-            Tensor::read_safetensors(run.join("checkpoints/iter_0000001.safetensors")).unwrap();
-        t.sort_by(|x, y| x.0.cmp(&y.0));
-        t
-    };
+    let weights =
+        |run: std::path::PathBuf| read_weights(&run.join("checkpoints/iter_0000001.safetensors"));
     let (seed0, seed1) = (
         weights(train_in(a.path(), &init)),
         weights(train_in(b.path(), &with_seed_1)),
@@ -160,7 +154,7 @@ fn a_fresh_run_removes_the_stale_results_of_the_last_one() {
     assert!(run.join("metrics.json").is_file());
     // Trains, then fails to open its test split: the old results must be gone by then.
     std::fs::write(dir.path().join("tiny.yaml"), TINY).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet"))
+    let out = lbwnet_command()
         .args(["--quiet", "train", "--config", "tiny.yaml"])
         .args([
             "--set",

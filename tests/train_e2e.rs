@@ -1,10 +1,12 @@
 //! End to end on a tiny generated data set: train with checkpoints, resume from an earlier
 //! checkpoint and land on the same weights, evaluate a finished run.
+mod common;
+
+use common::{lbwnet_ok, read_weights};
 use lbwnet::config::ExperimentConfig;
 use lbwnet::train::checkpoint;
 use lbwnet::train::trainer::train;
 use std::path::Path;
-use tch::Tensor;
 
 fn tiny_config(root: &Path, bits: u32) -> ExperimentConfig {
     let yaml = format!(
@@ -37,26 +39,6 @@ train:
         runs = root.join("runs").display()
     );
     ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("tiny.yaml")).unwrap()
-}
-
-/// Runs the built `lbwnet` with `args` and returns its output, failing on a non-zero exit.
-fn lbwnet_ok(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn read_weights(path: &Path) -> Vec<(String, Tensor)> {
-    let mut tensors = Tensor::read_safetensors(path).unwrap();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
 }
 
 #[test]
