@@ -9,6 +9,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Output stride of every backbone's trunk.
+pub const TRUNK_STRIDE: i64 = 16;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
@@ -440,11 +443,11 @@ impl ExperimentConfig {
     fn validate_model(&self) -> Result<()> {
         let m = &self.model;
         int_in("model.small_width", m.small_width, 1, 1024)?;
-        if m.feature_stride != crate::nn::backbones::TRUNK_STRIDE {
+        if m.feature_stride != TRUNK_STRIDE {
             bail!(
                 "key `model.feature_stride`: {} is not supported; every backbone has stride {}",
                 m.feature_stride,
-                crate::nn::backbones::TRUNK_STRIDE
+                TRUNK_STRIDE
             );
         }
         if m.anchor_sizes.is_empty() || m.anchor_ratios.is_empty() {

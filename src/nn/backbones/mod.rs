@@ -7,14 +7,11 @@ pub mod resnet;
 pub mod small;
 pub mod vgg;
 
-use crate::config::{Backbone, ModelConfig};
+use crate::config::{Backbone, ModelConfig, TRUNK_STRIDE};
 use crate::nn::QuantRegistry;
 use crate::quant::QuantSpec;
 use anyhow::{bail, Result};
 use tch::nn;
-
-/// Output stride of every backbone's trunk.
-pub const TRUNK_STRIDE: i64 = 16;
 
 /// A backbone split the way the Faster R-CNN uses it.
 #[derive(Debug)]
