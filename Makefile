@@ -59,6 +59,10 @@ bench: build
 	$(BIN) bench train-step --config $(CONFIG) --size 240x320 --repeats 20
 	$(BIN) bench train-step --config configs/voc07_resnet50.yaml --set model.backbone_weights=null \
 	  --size 600x1000 --repeats 3
+	$(BIN) bench train-step --config $(CONFIG) --breakdown --lr 0 --repeats 10
+	# torchvision's step next to ours (small, ResNet-50 C4, VGG-16; float and 6-bit; lr 0,
+	# equal RoI counts printed); `scripts/bench-vs-torchvision.sh --quick` for the small one.
+	scripts/bench-vs-torchvision.sh
 
 lint: setup
 	cargo fmt --all -- --check

@@ -76,6 +76,19 @@ pub struct TrainStepBenchArgs {
     pub repeats: usize,
     #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
     pub device: BenchDevice,
+    /// CPU threads (default: the config's `train.threads`, or torch's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// SGD learning rate of the timed steps. 0 keeps the model fixed, so every step
+    /// processes the same proposals and RoIs (what a comparison with another
+    /// implementation needs).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Time each phase of the step (trunk forward/backward, RPN head, proposal layer,
+    /// RPN loss, RoI sampling, RoI pooling, box head, head backward, optimizer,
+    /// quantization) in an instrumented step, and print a table of medians.
+    #[arg(long)]
+    pub breakdown: bool,
     /// Print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -204,8 +217,75 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
         .and_then(|(h, w)| Some((h.parse::<i64>().ok()?, w.parse::<i64>().ok()?)))
         .filter(|&(h, w)| h > 0 && w > 0)
         .with_context(|| format!("--size {}: expected HEIGHTxWIDTH, e.g. 600x1000", args.size))?;
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    ensure!(
+        args.lr.is_finite() && args.lr >= 0.0,
+        "--lr {} is not allowed; use a finite value >= 0",
+        args.lr
+    );
     let device = bench_device(args.device)?;
-    crate::train::setup::configure_threads(cfg.train.threads);
+    match args.threads {
+        Some(threads) => {
+            ensure!(threads >= 1, "--threads must be at least 1");
+            tch::set_num_threads(i32::try_from(threads)?);
+        }
+        None => crate::train::setup::configure_threads(cfg.train.threads),
+    }
+    if args.breakdown {
+        let b = crate::train::bench::bench_breakdown(
+            &cfg,
+            args.bits,
+            height,
+            width,
+            args.repeats,
+            device,
+            args.lr,
+        )?;
+        if args.json {
+            println!("{}", serde_json::to_string(&b)?);
+            return Ok(());
+        }
+        println!(
+            "train-step breakdown, {} {}x{} on {:?}, {} thread(s), lr {}, medians of {} instrumented steps:\n",
+            b.model, height, width, device, b.threads, b.lr, b.repeats
+        );
+        println!(
+            "| phase | float ms | {}-bit ms | float % | {}-bit % |\n|:--|--:|--:|--:|--:|",
+            b.bits, b.bits
+        );
+        let phases = b.phases.len();
+        for (i, p) in b.phases.iter().enumerate() {
+            // The last row (quantization) is part of the forward rows, not added to them.
+            let share = |ms: f64, sum: f64| {
+                if i + 1 == phases {
+                    format!("({:.1})", 100.0 * ms / sum)
+                } else {
+                    format!("{:.1}", 100.0 * ms / sum)
+                }
+            };
+            println!(
+                "| {}{} | {:.1} | {:.1} | {} | {} |",
+                p.phase,
+                if p.derived { " *" } else { "" },
+                p.float_ms,
+                p.quantized_ms,
+                share(p.float_ms, b.float_sum_ms),
+                share(p.quantized_ms, b.quantized_sum_ms)
+            );
+        }
+        println!(
+            "| sum of phases | {:.1} | {:.1} | 100 | 100 |",
+            b.float_sum_ms, b.quantized_sum_ms
+        );
+        println!(
+            "| ordinary step, same rounds | {:.1} | {:.1} | | |",
+            b.float_step_ms, b.quantized_step_ms
+        );
+        println!(
+            "\n* by difference of two timed sections (RPN head = RPN forward without targets - proposal layer; RPN loss = RPN forward with targets - without; box head = head loss - RoI pooling). Backward is timed in two parts only (heads, trunk): per-layer backward would need autograd hooks. The quantization row times Q(W) of every quantized weight on its own; that work is inside the forward rows."
+        );
+        return Ok(());
+    }
     let timing = crate::train::bench::bench_train_step(
         &cfg,
         args.bits,
@@ -213,13 +293,33 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
         width,
         args.repeats,
         device,
+        args.lr,
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&timing)?);
     } else {
+        let spread = |v: &[f64]| {
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{min:.1}-{max:.1}")
+        };
         println!(
-            "train step, {} {}x{} on {:?}: float {:.1} ms, {}-bit {:.1} ms, ratio {:.3} (medians of {})",
-            timing.model, height, width, device, timing.float_ms, timing.bits, timing.quantized_ms, timing.ratio, timing.repeats
+            "train step, {} {}x{} on {:?}, {} thread(s): float {:.1} ms ({}), {}-bit {:.1} ms ({}), ratio {:.3} (medians of {}, min-max in parentheses); RoIs per step float {:?}, {}-bit {:?}",
+            timing.model,
+            height,
+            width,
+            device,
+            timing.threads,
+            timing.float_ms,
+            spread(&timing.float_steps_ms),
+            timing.bits,
+            timing.quantized_ms,
+            spread(&timing.quantized_steps_ms),
+            timing.ratio,
+            timing.repeats,
+            timing.float_rois,
+            timing.bits,
+            timing.quantized_rois
         );
     }
     Ok(())

@@ -91,6 +91,13 @@ impl FasterRcnn {
         })
     }
 
+    /// The trunk, the RPN and the RoI head, borrowed: a timing hook for `lbwnet bench
+    /// train-step --breakdown` (`train::bench::breakdown_step`), which runs the training
+    /// pass phase by phase with wall-clock timers. Changes nothing.
+    pub fn parts(&self) -> (&dyn ModuleT, &Rpn, &RoiHead) {
+        (self.trunk.as_ref(), &self.rpn, &self.roi_head)
+    }
+
     /// Training losses for a batch.
     pub fn losses(&self, batch: &ImageBatch, targets: &[ImageTarget]) -> LossTerms {
         self.training_pass(batch, targets).losses

@@ -218,8 +218,11 @@ impl Rpn {
         }
     }
 
+    /// The proposal layer for one image: top `pre_nms` anchors by objectness, decoded,
+    /// clipped, small boxes (under `min_size` at original-image scale) removed, NMS down
+    /// to `post_nms`. Public for the per-phase benchmark.
     #[allow(clippy::too_many_arguments)]
-    fn propose(
+    pub fn propose(
         &self,
         objectness: &Tensor,
         deltas: &Tensor,

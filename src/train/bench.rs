@@ -2,6 +2,7 @@
 //! a model in float and quantized to b bits, measured alternately in one process so both
 //! see the same machine load, and their ratio.
 use crate::config::{Backbone, ExperimentConfig};
+use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::{ImageBatch, ImageTarget};
 use crate::train::setup::build_model;
 use crate::train::sgd::Sgd;
@@ -15,11 +16,24 @@ pub struct StepTiming {
     pub model: String,
     pub image: (i64, i64),
     pub bits: u32,
+    /// libtorch's CPU threads.
+    pub threads: i32,
+    /// The SGD learning rate of the timed steps (0: the model never changes, so every step
+    /// does the same work).
+    pub lr: f64,
     pub float_ms: f64,
     pub quantized_ms: f64,
     /// quantized / float.
     pub ratio: f64,
     pub repeats: usize,
+    /// Every timed step, in order.
+    pub float_steps_ms: Vec<f64>,
+    pub quantized_steps_ms: Vec<f64>,
+    /// Proposals after NMS (all images) and RoIs sampled for the head, per timed step.
+    pub float_proposals: Vec<i64>,
+    pub float_rois: Vec<i64>,
+    pub quantized_proposals: Vec<i64>,
+    pub quantized_rois: Vec<i64>,
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -63,16 +77,21 @@ fn synthetic_batch(height: i64, width: i64, device: Device) -> (ImageBatch, Vec<
     )
 }
 
-/// Times `repeats` training steps of `cfg`'s model in float and at `bits` (lbw, default
-/// c), alternating the two, after one warm-up step each.
-pub fn bench_train_step(
+fn model_name(cfg: &ExperimentConfig) -> String {
+    match cfg.model.backbone {
+        Backbone::Small => "small".into(),
+        Backbone::Vgg16 => "vgg16".into(),
+        Backbone::Resnet50 => "resnet50-c4".into(),
+    }
+}
+
+/// `cfg` in float and at `bits` (lbw, default c), each built with its SGD optimizer
+/// (momentum 0.9, weight decay 1e-4) over every variable.
+fn float_and_quantized(
     cfg: &ExperimentConfig,
     bits: u32,
-    height: i64,
-    width: i64,
-    repeats: usize,
     device: Device,
-) -> Result<StepTiming> {
+) -> Result<Vec<(tch::nn::VarStore, FasterRcnn, Sgd)>> {
     let num_classes = 20;
     let mut float_cfg = cfg.clone();
     float_cfg.quant.bits = crate::quant::FLOAT_BITS;
@@ -80,44 +99,296 @@ pub fn bench_train_step(
     quant_cfg.quant.bits = bits;
     quant_cfg.quant.method = crate::quant::Method::Lbw;
     quant_cfg.quant.c = None;
-    let (batch, targets) = synthetic_batch(height, width, device);
     let mut runs = Vec::new();
     for c in [&float_cfg, &quant_cfg] {
         let (vs, model) = build_model(c, num_classes, device, true)?;
         let sgd = Sgd::new(vs.variables(), 0.9, 1e-4);
         runs.push((vs, model, sgd));
     }
+    Ok(runs)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Times `repeats` training steps of `cfg`'s model in float and at `bits` (lbw, default
+/// c), alternating the two, after one warm-up step each, at learning rate `lr`.
+pub fn bench_train_step(
+    cfg: &ExperimentConfig,
+    bits: u32,
+    height: i64,
+    width: i64,
+    repeats: usize,
+    device: Device,
+    lr: f64,
+) -> Result<StepTiming> {
+    let (batch, targets) = synthetic_batch(height, width, device);
+    let mut runs = float_and_quantized(cfg, bits, device)?;
     let mut times = [Vec::new(), Vec::new()];
+    let mut proposals = [Vec::new(), Vec::new()];
+    let mut rois = [Vec::new(), Vec::new()];
     for round in 0..=repeats {
         for (i, (_, model, sgd)) in runs.iter_mut().enumerate() {
             tch::manual_seed(round as i64);
             let start = Instant::now();
-            let loss = model.losses(&batch, &targets).total();
+            let pass = model.training_pass(&batch, &targets);
+            let loss = pass.losses.total();
             sgd.zero_grad();
             loss.backward();
-            sgd.step(1e-4);
-            if device.is_cuda() {
-                tch::Cuda::synchronize(0);
-            }
+            sgd.step(lr);
+            sync(device);
             if round > 0 {
                 times[i].push(start.elapsed().as_secs_f64() * 1e3);
+                proposals[i].push(pass.rpn.proposals.iter().map(|p| p.size()[0]).sum());
+                rois[i].push(pass.rois.rois.size()[0]);
             }
         }
     }
-    let float_ms = median(&mut times[0]);
-    let quantized_ms = median(&mut times[1]);
+    let [float_steps_ms, quantized_steps_ms] = times;
+    let float_ms = median(&mut float_steps_ms.clone());
+    let quantized_ms = median(&mut quantized_steps_ms.clone());
+    let [float_proposals, quantized_proposals] = proposals;
+    let [float_rois, quantized_rois] = rois;
     Ok(StepTiming {
-        model: match cfg.model.backbone {
-            Backbone::Small => "small".into(),
-            Backbone::Vgg16 => "vgg16".into(),
-            Backbone::Resnet50 => "resnet50-c4".into(),
-        },
+        model: model_name(cfg),
         image: (height, width),
         bits,
+        threads: tch::get_num_threads(),
+        lr,
         float_ms,
         quantized_ms,
         ratio: quantized_ms / float_ms,
         repeats,
+        float_steps_ms,
+        quantized_steps_ms,
+        float_proposals,
+        float_rois,
+        quantized_proposals,
+        quantized_rois,
+    })
+}
+
+/// One phase of [`bench_breakdown`]: medians over the repeats, in ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTiming {
+    pub phase: &'static str,
+    pub float_ms: f64,
+    pub quantized_ms: f64,
+    /// Derived as the difference of two timed sections (may be slightly off, or below 0,
+    /// in noise), not timed on its own.
+    pub derived: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBreakdown {
+    pub model: String,
+    pub image: (i64, i64),
+    pub bits: u32,
+    pub threads: i32,
+    pub lr: f64,
+    pub repeats: usize,
+    pub phases: Vec<PhaseTiming>,
+    /// Median of the phases' sum (the instrumented step re-runs the RPN forward and the
+    /// RoI pooling for its differences, so its own wall time is longer).
+    pub float_sum_ms: f64,
+    pub quantized_sum_ms: f64,
+    /// Median of an ordinary, uninstrumented step in the same rounds.
+    pub float_step_ms: f64,
+    pub quantized_step_ms: f64,
+}
+
+/// Phase names of [`breakdown_step`], in order, and whether each is derived.
+const PHASES: [(&str, bool); 11] = [
+    ("trunk forward", false),
+    ("RPN head forward (conv + predictors)", true),
+    ("proposal layer (decode, top-k, clip, NMS)", false),
+    ("RPN loss (anchor matching, sampling, loss)", true),
+    ("RoI sampling (matching, sampling)", false),
+    ("RoI pooling (RoIAlign / RoIPool)", false),
+    ("box head + predictors + head losses", true),
+    ("backward: RPN + RoI head", false),
+    ("backward: trunk", false),
+    ("optimizer (zero_grad + SGD step)", false),
+    (
+        "quantization Q(W) of every layer (inside the forwards)",
+        false,
+    ),
+];
+
+fn elapsed_ms<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    sync(device);
+    (out, start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// One training step run phase by phase, with a wall-clock timer around each (and a
+/// device sync after each on CUDA). The trunk's output is detached into a leaf so the
+/// backward splits into the heads' part and the trunk's (the trunk's gets the leaf's
+/// gradient through `sum(features * grad)`, one extra multiply). The RPN is run twice,
+/// without and with targets, for the RPN loss by difference; the proposal layer is
+/// `Rpn::propose` run again on the RPN's outputs (the RPN head is the rest of the first
+/// run); the RoI pooling is run once more on its own (the box head is the rest of the
+/// head's loss). Returns the phase times in [`PHASES`]' order, the quantization row
+/// timed separately on the model's registered weights. `cfg` is the model's config.
+fn breakdown_step(
+    cfg: &ExperimentConfig,
+    model: &FasterRcnn,
+    sgd: &mut Sgd,
+    batch: &ImageBatch,
+    targets: &[ImageTarget],
+    lr: f64,
+    device: Device,
+) -> Vec<f64> {
+    let (trunk, rpn, roi_head) = model.parts();
+    let rpn_cfg = &cfg.model.rpn;
+    let (features, trunk_ms) = elapsed_ms(device, || trunk.forward_t(&batch.images, true));
+    let leaf = features.detach().set_requires_grad(true);
+    let (plain, rpn_plain_ms) = elapsed_ms(device, || {
+        rpn.forward(&leaf, &batch.sizes, &batch.scales, None, true)
+    });
+    let (_, propose_ms) = elapsed_ms(device, || {
+        tch::no_grad(|| {
+            for (i, &size) in batch.sizes.iter().enumerate() {
+                let _proposals = rpn.propose(
+                    &plain.objectness.get(i as i64),
+                    &plain.deltas.get(i as i64),
+                    &plain.anchors,
+                    size,
+                    batch.scales[i],
+                    rpn_cfg.pre_nms_top_n_train,
+                    rpn_cfg.post_nms_top_n_train,
+                );
+            }
+        })
+    });
+    drop(plain);
+    let (rpn_out, rpn_full_ms) = elapsed_ms(device, || {
+        rpn.forward(&leaf, &batch.sizes, &batch.scales, Some(targets), true)
+    });
+    let (rois, sample_ms) = elapsed_ms(device, || roi_head.sample(&rpn_out.proposals, targets));
+    let pool_size = match cfg.model.backbone {
+        Backbone::Small => crate::nn::backbones::small::POOL_SIZE,
+        Backbone::Vgg16 => crate::nn::backbones::vgg::POOL_SIZE,
+        Backbone::Resnet50 => crate::nn::backbones::resnet::POOL_SIZE,
+    };
+    let roi_cfg = &cfg.model.roi;
+    let scale = 1.0 / cfg.model.feature_stride as f64;
+    let (_, pool_ms) = elapsed_ms(device, || match roi_cfg.pooler {
+        crate::config::Pooler::RoiAlign => crate::detect::roi_align::roi_align(
+            &leaf,
+            &rois.rois,
+            (pool_size, pool_size),
+            scale,
+            roi_cfg.sampling_ratio,
+            roi_cfg.aligned,
+        ),
+        crate::config::Pooler::RoiPool => {
+            crate::detect::roi_pool::roi_pool(&leaf, &rois.rois, (pool_size, pool_size), scale)
+        }
+    });
+    let (head, head_ms) = elapsed_ms(device, || roi_head.loss(&leaf, &rois));
+    let rpn_losses = rpn_out.losses.as_ref().expect("targets were given");
+    let loss = &rpn_losses.objectness + &rpn_losses.box_reg + head.classifier + head.box_reg;
+    let (_, optim_zero_ms) = elapsed_ms(device, || sgd.zero_grad());
+    let (_, heads_backward_ms) = elapsed_ms(device, || loss.backward());
+    let (_, trunk_backward_ms) = elapsed_ms(device, || {
+        (&features * leaf.grad()).sum(Kind::Float).backward()
+    });
+    let (_, step_ms) = elapsed_ms(device, || sgd.step(lr));
+    let (_, quant_ms) = elapsed_ms(device, || {
+        model.registry.with_layers(|layers| {
+            for layer in layers {
+                if layer.spec.is_some() {
+                    let _ =
+                        crate::nn::qlayers::straight_through(&layer.weight, layer.spec.as_ref());
+                }
+            }
+        })
+    });
+    vec![
+        trunk_ms,
+        rpn_plain_ms - propose_ms,
+        propose_ms,
+        rpn_full_ms - rpn_plain_ms,
+        sample_ms,
+        pool_ms,
+        head_ms - pool_ms,
+        heads_backward_ms,
+        trunk_backward_ms,
+        optim_zero_ms + step_ms,
+        quant_ms,
+    ]
+}
+
+/// Per-phase medians of `repeats` instrumented steps in float and at `bits`, alternating,
+/// after one warm-up each; with each round's ordinary step for reference.
+pub fn bench_breakdown(
+    cfg: &ExperimentConfig,
+    bits: u32,
+    height: i64,
+    width: i64,
+    repeats: usize,
+    device: Device,
+    lr: f64,
+) -> Result<StepBreakdown> {
+    let (batch, targets) = synthetic_batch(height, width, device);
+    let mut runs = float_and_quantized(cfg, bits, device)?;
+    let rows = PHASES.len();
+    let mut phase_times = vec![[Vec::new(), Vec::new()]; rows];
+    let mut sums = [Vec::new(), Vec::new()];
+    let mut steps = [Vec::new(), Vec::new()];
+    let cfgs = {
+        let mut q = cfg.clone();
+        q.quant.bits = bits;
+        [cfg.clone(), q]
+    };
+    for round in 0..=repeats {
+        for (i, (_, model, sgd)) in runs.iter_mut().enumerate() {
+            tch::manual_seed(round as i64);
+            let phases = breakdown_step(&cfgs[i], model, sgd, &batch, &targets, lr, device);
+            tch::manual_seed(round as i64);
+            let (_, step_ms) = elapsed_ms(device, || {
+                let loss = model.losses(&batch, &targets).total();
+                sgd.zero_grad();
+                loss.backward();
+                sgd.step(lr);
+            });
+            if round > 0 {
+                // The quantization row is already inside the forward phases.
+                sums[i].push(phases[..rows - 1].iter().sum::<f64>());
+                for (row, t) in phases.into_iter().enumerate() {
+                    phase_times[row][i].push(t);
+                }
+                steps[i].push(step_ms);
+            }
+        }
+    }
+    let phases = phase_times
+        .iter_mut()
+        .zip(PHASES)
+        .map(|([f, q], (phase, derived))| PhaseTiming {
+            phase,
+            float_ms: median(f),
+            quantized_ms: median(q),
+            derived,
+        })
+        .collect();
+    Ok(StepBreakdown {
+        model: model_name(cfg),
+        image: (height, width),
+        bits,
+        threads: tch::get_num_threads(),
+        lr,
+        repeats,
+        phases,
+        float_sum_ms: median(&mut sums[0]),
+        quantized_sum_ms: median(&mut sums[1]),
+        float_step_ms: median(&mut steps[0]),
+        quantized_step_ms: median(&mut steps[1]),
     })
 }
 
