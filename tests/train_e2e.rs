@@ -128,6 +128,16 @@ fn evaluate_command_reads_a_finished_run() {
 
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_the_run_resumes_from_the_command_line() {
+    interrupt_checkpoints_and_resumes("INT");
+}
+
+/// SIGTERM is what `kill`, `scancel` and a Slurm time limit send.
+#[test]
+fn sigterm_writes_a_checkpoint_and_the_run_resumes() {
+    interrupt_checkpoints_and_resumes("TERM");
+}
+
+fn interrupt_checkpoints_and_resumes(signal: &str) {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(dir.path(), 4);
@@ -151,7 +161,7 @@ fn ctrl_c_writes_a_checkpoint_and_the_run_resumes_from_the_command_line() {
     }
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());

@@ -57,7 +57,7 @@ pub struct Timing {
 /// them first so a stale result never outlives the run it described.
 pub const RESULT_FILES: [&str; 4] = ["metrics.json", "timing.json", "summary.md", "detections"];
 
-/// Set by Ctrl-C; the loop checkpoints and stops at the end of the current iteration.
+/// Set by Ctrl-C, SIGTERM or SIGHUP (kill, scancel, a Slurm time limit); the loop checkpoints and stops at the end of the current iteration.
 fn interrupted() -> &'static AtomicBool {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {

@@ -137,7 +137,12 @@ pub fn ensure_synthetic(root: &Path, spec: Option<&SyntheticConfig>) -> Result<(
     match inspect(root, spec)? {
         Existing::Missing => {
             tracing::info!("generating the synthetic data set at {}", root.display());
-            generate(root, spec)
+            match generate(root, spec) {
+                // Jobs of a sweep running at once may all find the set missing; generation
+                // is deterministic, so the first one to finish serves them all.
+                Err(_) if inspect(root, spec)? == Existing::Same => Ok(()),
+                done => done,
+            }
         }
         Existing::Same => Ok(()),
         Existing::Different(found) => bail!(
