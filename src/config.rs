@@ -736,7 +736,7 @@ where
 
 /// Sets `key.path=value` inside a YAML tree, creating mappings on the way; the value is
 /// parsed as YAML (`4`, `0.5`, `true`, `[1, 2]`, `lbw`).
-fn apply_override(root: &mut serde_yaml::Value, item: &str) -> Result<()> {
+pub(crate) fn apply_override(root: &mut serde_yaml::Value, item: &str) -> Result<()> {
     let (key, raw) = item
         .split_once('=')
         .with_context(|| "expected KEY=VALUE, e.g. quant.bits=4".to_string())?;

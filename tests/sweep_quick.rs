@@ -13,7 +13,7 @@ fn modified(path: &Path) -> std::time::SystemTime {
 fn quick_sweep_over_two_seeds_writes_spread_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sweep = SweepConfig::load(&repo.join("configs/sweeps/default.yaml")).unwrap();
+    let mut sweep = SweepConfig::load(&repo.join("configs/sweeps/default.yaml"), &[]).unwrap();
     sweep.output_dir = dir.path().join("results");
     sweep
         .quick
@@ -171,7 +171,7 @@ fn shipped_sweep_configs_load_and_plan() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sweeps");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let sweep = SweepConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let sweep = SweepConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
         let plans = sweep
             .plan(false)
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));

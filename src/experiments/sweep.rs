@@ -3,13 +3,13 @@
 //! cell from that seed's float model. A finished run is reused only when its config is the
 //! planned one and its float model has not changed since, so an interrupted sweep resumes
 //! where it stopped and a changed sweep never reports stale cells.
-use crate::config::ExperimentConfig;
+use crate::config::{apply_override, ExperimentConfig};
+use crate::experiments::executor::slurm::SlurmSpec;
+use crate::experiments::jobs::SweepJobs;
 use crate::experiments::plots::write_plots;
 use crate::experiments::table::{measure_run, RunMeasure, SweepRow, SweepTable};
 use crate::fsutil::write_atomic;
 use crate::quant::{Method, FLOAT_BITS};
-use crate::train::checkpoint;
-use crate::train::trainer::train;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,9 @@ pub struct SweepConfig {
     /// Extra overrides applied to every run under `--quick` (a smoke run).
     #[serde(default)]
     pub quick: QuickSpec,
+    /// How `--executor slurm` submits the jobs (partition, time limit, GPUs, ...).
+    #[serde(default)]
+    pub slurm: SlurmSpec,
 }
 
 fn default_output_dir() -> PathBuf {
@@ -77,13 +80,17 @@ pub struct QuickSpec {
 }
 
 impl SweepConfig {
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Reads `path` and applies `--set key.path=value` overrides (e.g. `slurm.partition=gpu`).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading sweep config {}", path.display()))?;
-        let mut sweep: Self = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
-            &text,
-        ))
-        .map_err(|e| {
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&text)
+            .with_context(|| format!("sweep config {}: not valid YAML", path.display()))?;
+        for item in overrides {
+            apply_override(&mut value, item)
+                .with_context(|| format!("sweep config {}: --set {item}", path.display()))?;
+        }
+        let mut sweep: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             anyhow::anyhow!(
                 "sweep config {}: key `{}`: {}",
                 path.display(),
@@ -219,86 +226,31 @@ impl SweepConfig {
     }
 }
 
-/// Why a finished run cannot be reused for `cfg`, if it cannot: its saved config differs
-/// from the planned one, or the float model it was retrained from finished after it.
-fn stale_reason(cfg: &ExperimentConfig, upstream: Option<&Path>) -> Result<Option<String>> {
-    let run_dir = cfg.run_dir();
-    let saved_path = run_dir.join("config.yaml");
-    let saved = std::fs::read_to_string(&saved_path).unwrap_or_default();
-    let planned = cfg.to_yaml()?;
-    if saved != planned {
-        let differs = planned
-            .lines()
-            .zip(saved.lines().chain(std::iter::repeat("<missing>")))
-            .find(|(p, s)| p != s)
-            .map(|(p, s)| format!("planned `{p}`, saved `{s}`"))
-            .unwrap_or_else(|| "the saved config has extra lines".into());
-        return Ok(Some(format!(
-            "{} differs from the planned config ({differs})",
-            saved_path.display()
-        )));
-    }
-    if let Some(float_dir) = upstream {
-        let finished =
-            |dir: &Path| std::fs::metadata(dir.join("metrics.json")).and_then(|m| m.modified());
-        if let (Ok(float), Ok(own)) = (finished(float_dir), finished(&run_dir)) {
-            if float > own {
-                return Ok(Some(format!(
-                    "its float model {} was retrained after it finished",
-                    float_dir.display()
-                )));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Trains `cfg` unless an up-to-date run of it finished; resumes it when it was
-/// interrupted with the planned config. `upstream` is the float run it starts from.
-fn run_job(cfg: &ExperimentConfig, upstream: Option<&Path>) -> Result<()> {
-    let run_dir = cfg.run_dir();
-    let stale = stale_reason(cfg, upstream)?;
-    if run_dir.join("metrics.json").is_file() {
-        match &stale {
-            None => {
-                tracing::info!("{}: finished earlier, reused", run_dir.display());
-                return Ok(());
-            }
-            Some(why) => tracing::info!("{}: retraining: {why}", run_dir.display()),
-        }
-    }
-    let resume = stale.is_none() && checkpoint::latest(&run_dir)?.is_some();
-    if resume {
-        tracing::info!("{}: resuming its latest checkpoint", run_dir.display());
-    }
-    let (metrics, _) = train(cfg, resume.then_some(run_dir.as_path()))?;
-    tracing::info!("{}: mAP {:.4}", run_dir.display(), metrics.map);
-    Ok(())
-}
-
-/// Runs the whole sweep (every seed's float model and cells) and writes `table.md`,
-/// `table.json`, `paper_table.md` and the plots into the results directory.
+/// Runs the whole sweep in this process, one job after another (every seed's float model,
+/// then the cells), and writes the report.
 pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
-    let plans = sweep.plan(quick)?;
     let started = std::time::Instant::now();
-    let jobs = plans.len() * (1 + plans.first().map_or(0, |p| p.cells.len()));
-    let mut done = 0;
-    for plan in &plans {
-        for (cfg, upstream) in std::iter::once((&plan.float, None))
-            .chain(plan.cells.iter().map(|c| (c, Some(plan.float.run_dir()))))
-        {
-            done += 1;
-            tracing::info!(
-                "sweep {}: job {done}/{jobs}: seed {}, {}",
-                sweep.name,
-                plan.seed,
-                cfg.run_dir().display()
-            );
-            run_job(cfg, upstream.as_deref())
-                .with_context(|| format!("sweep job {}", cfg.run_dir().display()))?;
-        }
+    let jobs = SweepJobs::new(sweep, quick)?;
+    let total = jobs.jobs.len();
+    for (done, job) in jobs.jobs.iter().enumerate() {
+        tracing::info!("sweep {}: job {}/{total}: {}", sweep.name, done + 1, job.id);
+        jobs.run(job)?;
     }
-    let table = measure_sweep(sweep, quick, &plans, started.elapsed().as_secs_f64())?;
+    let table = write_report(sweep, quick, started.elapsed().as_secs_f64())?;
+    if !table.missing.is_empty() {
+        bail!("sweep jobs did not finish: {}", table.missing.join(", "));
+    }
+    Ok(table)
+}
+
+/// Measures whatever has finished and writes `table.json`, `table.md`, `paper_table.md`
+/// and the plots into the results directory. Unfinished jobs are listed in the table's
+/// `missing`; a row averages the seeds whose cell and retrained float row both finished.
+/// `seconds` is the wall-clock time of the command writing it.
+pub fn write_report(sweep: &SweepConfig, quick: bool, seconds: f64) -> Result<SweepTable> {
+    let jobs = SweepJobs::new(sweep, quick)?;
+    let plans = sweep.plan(quick)?;
+    let table = measure_sweep(sweep, quick, &jobs, &plans, seconds)?;
     let dir = sweep.results_dir(quick);
     write_atomic(
         &dir.join("table.json"),
@@ -309,29 +261,65 @@ pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
         &dir.join("paper_table.md"),
         table.paper_table_markdown().as_bytes(),
     )?;
-    write_plots(&table, &dir)?;
+    if !table.rows.is_empty() {
+        write_plots(&table, &dir)?;
+    }
     Ok(table)
 }
 
-/// Measures every finished run and aggregates each cell over the seeds.
+/// Measures every finished run and aggregates each cell over the seeds that finished it.
 fn measure_sweep(
     sweep: &SweepConfig,
     quick: bool,
+    jobs: &SweepJobs,
     plans: &[SeedPlan],
     seconds: f64,
 ) -> Result<SweepTable> {
-    let initial: Vec<RunMeasure> = plans
-        .iter()
-        .map(|p| measure_run(&p.float))
-        .collect::<Result<_>>()?;
+    let mut missing = Vec::new();
+    let mut finished = |cfg: &ExperimentConfig| -> Result<bool> {
+        let job = jobs
+            .jobs
+            .iter()
+            .find(|j| j.config.run_dir() == cfg.run_dir())
+            .context("a planned run has no job")?;
+        let done = jobs.is_finished(job)?;
+        if !done {
+            missing.push(job.id.clone());
+        }
+        Ok(done)
+    };
+    let mut initial = Vec::new();
+    for plan in plans {
+        if finished(&plan.float)? {
+            initial.push(measure_run(&plan.float)?);
+        }
+    }
+    // Per cell, per seed: the run when it finished.
     let cell_count = plans.first().map_or(0, |p| p.cells.len());
-    let per_cell: Vec<Vec<RunMeasure>> = (0..cell_count)
-        .map(|j| plans.iter().map(|p| measure_run(&p.cells[j])).collect())
-        .collect::<Result<_>>()?;
-    let rows = per_cell
-        .iter()
-        .map(|runs| SweepRow::from_runs(runs, &per_cell[0]))
-        .collect::<Result<Vec<_>>>()?;
+    let mut per_cell: Vec<Vec<Option<RunMeasure>>> = vec![Vec::new(); cell_count];
+    for plan in plans {
+        for (j, cell) in plan.cells.iter().enumerate() {
+            let run = if finished(cell)? {
+                Some(measure_run(cell)?)
+            } else {
+                None
+            };
+            per_cell[j].push(run);
+        }
+    }
+    missing.sort_by_key(|id| jobs.jobs.iter().position(|j| &j.id == id));
+    let float_row = per_cell.first().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for runs in &per_cell {
+        let (cell, float): (Vec<RunMeasure>, Vec<RunMeasure>) = runs
+            .iter()
+            .zip(&float_row)
+            .filter_map(|(r, f)| Some((r.clone()?, f.clone()?)))
+            .unzip();
+        if !cell.is_empty() {
+            rows.push(SweepRow::from_runs(&cell, &float)?);
+        }
+    }
     Ok(SweepTable {
         sweep: sweep.name.clone(),
         quick,
@@ -339,6 +327,7 @@ fn measure_sweep(
         initial_float_maps: initial.iter().map(|r| r.map).collect(),
         initial_float_iterations: initial.first().map_or(0, |r| r.iterations),
         rows,
+        missing,
         seconds,
     })
 }

@@ -88,6 +88,10 @@ pub struct SweepTable {
     pub initial_float_iterations: usize,
     /// The retrained float row first, then the cells in sweep order.
     pub rows: Vec<SweepRow>,
+    /// Jobs that had not finished when this table was written; rows average the seeds
+    /// that did.
+    #[serde(default)]
+    pub missing: Vec<String>,
     /// Wall-clock seconds of the sweep command that wrote this table.
     pub seconds: f64,
 }
@@ -288,6 +292,9 @@ fn format_delta(row: &SweepRow) -> String {
 impl SweepTable {
     /// Which training every row had and how to read the intervals: the tables' preamble.
     fn provenance(&self) -> String {
+        if self.initial_float_maps.is_empty() {
+            return "No float model has finished yet.\n\n".into();
+        }
         let float = SeedSummary::of(&self.initial_float_maps);
         let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
         format!(
@@ -305,8 +312,17 @@ impl SweepTable {
     }
 
     fn title(&self, what: &str) -> String {
+        let incomplete = if self.missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "**Incomplete:** {} jobs had not finished ({}); rows average the seeds that did.\n\n",
+                self.missing.len(),
+                self.missing.join(", ")
+            )
+        };
         format!(
-            "# {what} `{}`{}\n\n{}",
+            "# {what} `{}`{}\n\n{incomplete}{}",
             self.sweep,
             if self.quick {
                 " (quick smoke run: numbers are not meaningful)"

@@ -63,3 +63,87 @@ pub fn read_weights(path: &Path) -> Vec<(String, Tensor)> {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     tensors
 }
+
+/// The shipped default sweep under `--quick` with two seeds, run by the binary in a
+/// temporary working directory (its data and results land there).
+pub struct QuickSweep {
+    pub workdir: tempfile::TempDir,
+}
+
+impl QuickSweep {
+    pub fn new() -> Self {
+        Self {
+            workdir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `lbwnet -q sweep --config <repo sweep> --quick --seeds 2 --set output_dir=<out> args`.
+    pub fn command(&self, out: &str, args: &[&str]) -> Command {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sweeps/default.yaml");
+        let mut command = lbwnet_command();
+        command
+            .current_dir(self.workdir.path())
+            .args(["-q", "sweep", "--config", config.to_str().unwrap()])
+            .args([
+                "--quick",
+                "--seeds",
+                "2",
+                "--set",
+                &format!("output_dir={out}"),
+            ])
+            .args(args);
+        command
+    }
+
+    pub fn run(&self, out: &str, args: &[&str]) -> Output {
+        self.command(out, args).output().expect("running lbwnet")
+    }
+
+    /// The results directory of the sweep run with `output_dir=<out>`.
+    pub fn results(&self, out: &str) -> std::path::PathBuf {
+        self.workdir.path().join(out).join("default-quick")
+    }
+
+    /// `table.json` without what legitimately differs between executors and output
+    /// directories: wall-clock seconds and run directories.
+    pub fn comparable_table(&self, out: &str) -> Value {
+        let path = self.results(out).join("table.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let mut table: Value = serde_json::from_str(&text).unwrap();
+        table.as_object_mut().unwrap().remove("seconds");
+        for row in table["rows"].as_array_mut().unwrap() {
+            let row = row.as_object_mut().unwrap();
+            row.remove("run_dirs");
+            row.remove("train_seconds");
+        }
+        table
+    }
+}
+
+impl QuickSweep {
+    /// The bytes of the newest checkpoint's weights of job `id` (its run directory under
+    /// the results), so two executors' runs can be compared exactly.
+    pub fn final_weights(&self, out: &str, id: &str) -> Vec<u8> {
+        use lbwnet::train::checkpoint;
+        let run = self.results(out).join(id);
+        let state = checkpoint::latest(&run)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{run:?} has no checkpoint"));
+        let weights = checkpoint::read_state(&state).unwrap().weights;
+        std::fs::read(checkpoint::checkpoint_dir(&run).join(weights)).unwrap()
+    }
+
+    /// Asserts every job of the sweep trained the same weights, byte for byte, under
+    /// `out` as under `reference`.
+    pub fn assert_same_weights(&self, out: &str, reference: &str) {
+        let plan = self.run(out, &["--plan", "--json"]);
+        let plan: Value = serde_json::from_slice(&assert_success(plan).stdout).unwrap();
+        for job in plan["jobs"].as_array().unwrap() {
+            let id = job["id"].as_str().unwrap();
+            assert!(
+                self.final_weights(out, id) == self.final_weights(reference, id),
+                "{id}: weights differ between {out} and {reference}"
+            );
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! `--executor slurm`: every sweep job a Slurm job. For each seed, the float job is one
+//! `sbatch` job and its unfinished cells one job array that starts `afterok` of it; each
+//! task runs the job's `lbwnet sweep --job` command in the submitting directory. Jobs
+//! share only the results directory. Submitting again skips jobs that finished or are
+//! still queued (recorded in `<results>/slurm/submitted.json`), so a cancelled or failed
+//! job is simply submitted again. `--wait` polls `squeue` until they have all left it.
+use crate::experiments::jobs::{shell_join, SweepInvocation, SweepJob, SweepJobs};
+use crate::fsutil::write_atomic;
+use crate::progress::progress_bar;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The `slurm:` block of a sweep config (each also settable with `--set slurm.KEY=VALUE`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSpec {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--time`, e.g. `"12:00:00"`.
+    pub time: Option<String>,
+    /// `--gpus` per job.
+    pub gpus_per_job: Option<u32>,
+    /// `--cpus-per-task`.
+    pub cpus_per_task: Option<u32>,
+    /// `--mem`, e.g. `"32G"`.
+    pub mem: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// Further `sbatch` flags, passed as given, e.g. `["--qos=normal"]`.
+    #[serde(default)]
+    pub extra: Vec<String>,
+}
+
+impl SlurmSpec {
+    fn sbatch_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        let mut add = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                flags.push(format!("--{name}={v}"));
+            }
+        };
+        add("partition", self.partition.clone());
+        add("time", self.time.clone());
+        add("gpus", self.gpus_per_job.map(|g| g.to_string()));
+        add("cpus-per-task", self.cpus_per_task.map(|c| c.to_string()));
+        add("mem", self.mem.clone());
+        add("account", self.account.clone());
+        flags.extend(self.extra.iter().cloned());
+        flags
+    }
+}
+
+/// Our job id -> Slurm job id (`123`, or `124_3` for a task of an array), over every
+/// submission of this sweep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Submitted {
+    pub jobs: BTreeMap<String, String>,
+}
+
+impl Submitted {
+    fn path(results_dir: &Path) -> PathBuf {
+        results_dir.join("slurm").join("submitted.json")
+    }
+
+    pub fn load(results_dir: &Path) -> Result<Self> {
+        let path = Self::path(results_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid; delete it", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, results_dir: &Path) -> Result<()> {
+        write_atomic(
+            &Self::path(results_dir),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
+}
+
+/// What one submission did: the Slurm ids of the jobs it submitted and of those it found
+/// still queued, which together are what `--wait` waits for.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub submitted: Vec<(String, String)>,
+    pub queued: Vec<(String, String)>,
+}
+
+impl Submission {
+    pub fn slurm_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .submitted
+            .iter()
+            .chain(&self.queued)
+            .map(|(_, slurm)| slurm.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Submits every job that has neither finished nor is still queued, printing the ids.
+pub fn submit(
+    jobs: &SweepJobs,
+    invocation: &SweepInvocation,
+    spec: &SlurmSpec,
+    name: &str,
+) -> Result<Submission> {
+    let workdir = std::env::current_dir().context("reading the working directory")?;
+    let slurm_dir = workdir.join(&jobs.results_dir).join("slurm");
+    let log_dir = slurm_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+
+    let mut record = Submitted::load(&jobs.results_dir)?;
+    let recorded: Vec<String> = record.jobs.values().cloned().collect();
+    let active = active_slurm_ids(&recorded)?;
+    let mut submission = Submission::default();
+    // Our id -> Slurm id of a float job queued before or now.
+    let mut pending_float: BTreeMap<String, String> = BTreeMap::new();
+
+    let float_jobs: Vec<&SweepJob> = jobs
+        .jobs
+        .iter()
+        .filter(|j| j.cell_index.is_none())
+        .collect();
+    for float in float_jobs {
+        let seed = float.seed;
+        let cells: Vec<&SweepJob> = jobs
+            .jobs
+            .iter()
+            .filter(|j| j.depends_on.as_ref() == Some(&float.id))
+            .collect();
+        let mut float_slurm = None;
+        if !jobs.is_finished(float)? {
+            match record.jobs.get(&float.id).filter(|s| active.contains(*s)) {
+                Some(queued) => {
+                    submission.queued.push((float.id.clone(), queued.clone()));
+                    float_slurm = Some(queued.clone());
+                }
+                None => {
+                    let script = slurm_dir.join(format!("seed-{seed}-float.sbatch"));
+                    write_script(
+                        &script,
+                        &format!("sweep {name}, seed {seed}: the float model"),
+                        &invocation.job_command(&float.id)?,
+                    )?;
+                    let mut flags = vec![
+                        format!("--job-name=lbwnet-{name}-s{seed}-float"),
+                        format!("--output={}/%x-%j.out", log_dir.display()),
+                    ];
+                    flags.extend(spec.sbatch_flags());
+                    let id = sbatch(&workdir, &flags, &script)?;
+                    println!("seed {seed}: float job {id} ({})", float.id);
+                    record.jobs.insert(float.id.clone(), id.clone());
+                    submission.submitted.push((float.id.clone(), id.clone()));
+                    float_slurm = Some(id);
+                }
+            }
+        }
+        if let Some(id) = &float_slurm {
+            pending_float.insert(float.id.clone(), id.clone());
+        }
+
+        let mut indices = Vec::new();
+        for cell in &cells {
+            if jobs.is_finished(cell)? {
+                continue;
+            }
+            match record.jobs.get(&cell.id).filter(|s| active.contains(*s)) {
+                Some(queued) => submission.queued.push((cell.id.clone(), queued.clone())),
+                None => indices.push(cell.cell_index.expect("a cell")),
+            }
+        }
+        if indices.is_empty() {
+            continue;
+        }
+        let script = slurm_dir.join(format!("seed-{seed}-cells.sbatch"));
+        let command = invocation.job_command(&format!("seed-{seed}/cell-{}", "@INDEX@"))?;
+        write_script(
+            &script,
+            &format!("sweep {name}, seed {seed}: the cells, one per array task"),
+            &command.replace("@INDEX@", "${SLURM_ARRAY_TASK_ID}"),
+        )?;
+        let list: Vec<String> = indices.iter().map(usize::to_string).collect();
+        let mut flags = vec![
+            format!("--job-name=lbwnet-{name}-s{seed}-cells"),
+            format!("--output={}/%x-%A_%a.out", log_dir.display()),
+            format!("--array={}", list.join(",")),
+        ];
+        if let Some(float_id) = &float_slurm {
+            flags.push(format!("--dependency=afterok:{float_id}"));
+            // A failed float job cancels its cells instead of leaving them pending forever.
+            flags.push("--kill-on-invalid-dep=yes".into());
+        }
+        flags.extend(spec.sbatch_flags());
+        let array = sbatch(&workdir, &flags, &script)?;
+        println!(
+            "seed {seed}: cells array job {array}, tasks {}{}",
+            list.join(","),
+            float_slurm
+                .as_ref()
+                .map(|f| format!(", after job {f}"))
+                .unwrap_or_default()
+        );
+        for cell in &cells {
+            let index = cell.cell_index.expect("a cell");
+            if indices.contains(&index) {
+                let task = format!("{array}_{index}");
+                record.jobs.insert(cell.id.clone(), task.clone());
+                submission.submitted.push((cell.id.clone(), task));
+            }
+        }
+    }
+    record.save(&jobs.results_dir)?;
+    println!(
+        "submitted {} jobs, {} still queued from before, {} finished earlier; logs in {}",
+        submission.submitted.len(),
+        submission.queued.len(),
+        jobs.jobs.len() - submission.submitted.len() - submission.queued.len(),
+        log_dir.display()
+    );
+    Ok(submission)
+}
+
+/// Polls `squeue` until none of the submission's jobs is pending or running, showing how
+/// many of the sweep's jobs have finished.
+pub fn wait(jobs: &SweepJobs, submission: &Submission, poll: Duration) -> Result<()> {
+    let ids = submission.slurm_ids();
+    let bar = progress_bar(jobs.jobs.len() as u64, "sweep jobs (slurm)");
+    loop {
+        let active = active_slurm_ids(&ids)?;
+        let mut finished = 0;
+        for job in &jobs.jobs {
+            finished += usize::from(jobs.is_finished(job)?);
+        }
+        bar.set_position(finished as u64);
+        bar.set_message(format!("{} in the Slurm queue", active.len()));
+        if active.is_empty() {
+            break;
+        }
+        std::thread::sleep(poll);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn write_script(path: &Path, what: &str, command: &str) -> Result<()> {
+    let text = format!("#!/bin/bash\n# lbwnet {what}\nset -euo pipefail\nexec {command}\n");
+    write_atomic(path, text.as_bytes())
+}
+
+/// `sbatch --parsable`, run in `workdir`; returns the new job's id.
+fn sbatch(workdir: &Path, flags: &[String], script: &Path) -> Result<String> {
+    let mut argv = vec!["sbatch".to_string(), "--parsable".into()];
+    argv.push(format!("--chdir={}", workdir.display()));
+    argv.extend(flags.iter().cloned());
+    argv.push(script.display().to_string());
+    let output = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| {
+            "running sbatch: the slurm executor needs Slurm's client commands (sbatch, squeue) on PATH"
+        })?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            shell_join(&argv)?,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    // `--parsable` prints `id` or `id;cluster`.
+    let text = String::from_utf8_lossy(&output.stdout);
+    let id = text
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        bail!("sbatch printed `{}`, not a job id", text.trim());
+    }
+    Ok(id)
+}
+
+/// Which of `ids` (jobs `123` or array tasks `124_3`) are still in the queue (pending,
+/// running, completing, ...). Jobs the controller has forgotten count as gone.
+fn active_slurm_ids(ids: &[String]) -> Result<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let listed = match squeue(ids)? {
+        Some(listed) => listed,
+        // One id the controller no longer knows fails the whole query: ask one by one.
+        None => {
+            let mut all = Vec::new();
+            for id in ids {
+                all.extend(squeue(std::slice::from_ref(id))?.unwrap_or_default());
+            }
+            all
+        }
+    };
+    let wanted: HashSet<&String> = ids.iter().collect();
+    Ok(listed
+        .into_iter()
+        .filter_map(|entry| {
+            // An array's pending tasks are listed one per line (`-r`) as `124_3`.
+            let whole = entry.split('_').next().unwrap_or_default().to_string();
+            if wanted.contains(&entry) {
+                Some(entry)
+            } else if wanted.contains(&whole) {
+                Some(whole)
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
+/// `squeue` lines for `ids`, or none when it rejects an id as unknown.
+fn squeue(ids: &[String]) -> Result<Option<Vec<String>>> {
+    // squeue takes array tasks by their array job id.
+    let mut jobs: Vec<&str> = ids
+        .iter()
+        .map(|id| id.split('_').next().unwrap_or(id))
+        .collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    let output = Command::new("squeue")
+        .args(["-h", "-r", "-o", "%i", "-j", &jobs.join(",")])
+        .output()
+        .context("running squeue: the slurm executor needs Slurm's client commands on PATH")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        if stderr.contains("Invalid job id") {
+            return Ok(None);
+        }
+        bail!("squeue failed ({}): {}", output.status, stderr.trim());
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+    ))
+}
