@@ -20,7 +20,7 @@ TORCH_STAMP := $(TORCH_ENV)/.lbwnet-ok
 # --set overrides assembled from the make variables.
 TRAIN_SETS := --set quant.bits=$(BITS) $(if $(C),--set quant.c=$(C)) $(if $(METHOD),--set quant.method=$(METHOD))
 
-.PHONY: setup build data train eval sweep table test bench lint clean info
+.PHONY: setup build data train eval sweep table test test-slurm bench lint clean info
 
 setup: $(TORCH_STAMP)
 
@@ -51,6 +51,11 @@ table: build
 test: setup
 	cargo build --release
 	cargo test --release -- --test-threads=2
+
+# The quick sweep through a real single-node Slurm (scripts/slurm-cluster.sh brings it up,
+# installing Debian's munge and slurm packages when missing; needs root or sudo).
+test-slurm: setup
+	cargo test --release --test sweep_slurm -- --ignored --nocapture
 
 # Medians of repeated runs in one process, each against its own baseline.
 bench: build
