@@ -13,6 +13,7 @@ pub mod detect;
 pub mod eval;
 pub mod experiments;
 pub mod fsutil;
+pub mod malloc_policy;
 pub mod nn;
 pub mod npy;
 pub mod progress;

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    lbwnet::malloc_policy::keep_freed_memory();
     let cli = lbwnet::cli::Cli::parse();
     lbwnet::cli::init_logging(cli.quiet);
     match lbwnet::cli::run(cli) {
