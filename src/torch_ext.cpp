@@ -1,5 +1,6 @@
 // libtorch calls that tch does not wrap; their safe Rust side is src/torch_ext.rs.
 #include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 
 extern "C" void lbwnet_set_deterministic(int on) {
@@ -18,3 +19,14 @@ extern "C" int lbwnet_deterministic_algorithms() {
 extern "C" int lbwnet_grad_enabled() {
   return c10::GradMode::is_enabled() ? 1 : 0;
 }
+
+// `t.contiguous(at::MemoryFormat::ChannelsLast)` as a new tensor the caller owns (tch
+// frees it), or null if libtorch refused (not 4-d, say).
+extern "C" at::Tensor* lbwnet_channels_last(const at::Tensor* t) {
+  try {
+    return new at::Tensor(t->contiguous(at::MemoryFormat::ChannelsLast));
+  } catch (...) {
+    return nullptr;
+  }
+}
+

@@ -1,10 +1,13 @@
 //! libtorch calls that tch does not wrap, through the C++ shim `src/torch_ext.cpp`
 //! (compiled by build.rs against the same libtorch headers).
 
+use std::ffi::c_void;
+
 extern "C" {
     fn lbwnet_set_deterministic(on: i32);
     fn lbwnet_deterministic_algorithms() -> i32;
     fn lbwnet_grad_enabled() -> i32;
+    fn lbwnet_channels_last(tensor: *const c_void) -> *mut c_void;
 }
 
 /// `at::globalContext().setDeterministicAlgorithms(on, warn_only = true)`, deterministic
@@ -26,6 +29,20 @@ pub fn grad_enabled() -> bool {
     unsafe { lbwnet_grad_enabled() != 0 }
 }
 
+/// `xs` in channels-last (NHWC) memory order, the same values and shape: oneDNN's CPU
+/// convolutions run faster on it (measured in `src/nn/backbones/mod.rs`). Tensors
+/// libtorch cannot reorder (not 4-d) come back unchanged.
+pub fn channels_last(xs: &tch::Tensor) -> tch::Tensor {
+    // SAFETY: the shim only reads `xs` and returns a new tensor that we own, or null.
+    let ptr = unsafe { lbwnet_channels_last(xs.as_ptr().cast()) };
+    if ptr.is_null() {
+        xs.shallow_clone()
+    } else {
+        // SAFETY: a fresh heap tensor from the shim; tch frees it on drop.
+        unsafe { tch::Tensor::from_ptr(ptr.cast()) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -33,5 +50,18 @@ mod tests {
         assert!(super::grad_enabled());
         assert!(!tch::no_grad(super::grad_enabled));
         assert!(super::grad_enabled());
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_reorders_memory() {
+        let xs = tch::Tensor::arange(2 * 3 * 4 * 5, (tch::Kind::Float, tch::Device::Cpu))
+            .view([2, 3, 4, 5]);
+        let nhwc = super::channels_last(&xs);
+        assert_eq!(nhwc.size(), xs.size());
+        assert!(nhwc.equal(&xs));
+        // NHWC: channels vary fastest.
+        assert_eq!(nhwc.stride(), vec![60, 1, 15, 3]);
+        let flat = super::channels_last(&xs.view([-1]));
+        assert_eq!(flat.stride(), vec![1]);
     }
 }

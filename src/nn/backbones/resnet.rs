@@ -4,6 +4,7 @@
 //! Names are torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{i}.{conv,bn}{1,2,3}.*`,
 //! `layer{1..4}.0.downsample.{0,1}.*`.
 use super::frozen_bn::{frozen_batch_norm2d, FrozenBatchNorm2d};
+use super::ChannelsLast;
 use super::{kaiming_conv, name_prefix, BackboneParts, LayerQuant};
 use crate::nn::{qconv2d, QConv2d, QuantRegistry};
 use crate::quant::QuantSpec;
@@ -166,9 +167,9 @@ pub fn resnet50_c4(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry
         .add_fn(|xs| xs.mean_dim(&[2i64, 3][..], false, None));
 
     BackboneParts {
-        trunk: Box::new(trunk),
+        trunk: Box::new(ChannelsLast(trunk)),
         trunk_channels: TRUNK_CHANNELS,
-        head: Box::new(head),
+        head: Box::new(ChannelsLast(head)),
         head_dim: HEAD_DIM,
         pool_size: POOL_SIZE,
         frozen_prefixes: FROZEN

@@ -1,7 +1,7 @@
 //! VGG-16 (Simonyan & Zisserman) as py-faster-rcnn uses it: conv1_1..conv5_3 with ReLU
 //! and without the last max-pool (stride 16, 512 channels), fc6/fc7 as the RoI head.
 //! Names are torchvision's: `features.{0,2,5,..,28}.{weight,bias}`, `classifier.{0,3}.*`.
-use super::{name_prefix, BackboneParts, LayerQuant};
+use super::{name_prefix, BackboneParts, ChannelsLast, LayerQuant};
 use crate::nn::{qconv2d, qlinear, QuantRegistry};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
@@ -122,7 +122,7 @@ pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> B
         .add_fn_t(|xs, train| xs.dropout(DROPOUT, train));
 
     BackboneParts {
-        trunk: Box::new(trunk),
+        trunk: Box::new(ChannelsLast(trunk)),
         trunk_channels: TRUNK_CHANNELS,
         head: Box::new(head),
         head_dim: HEAD_DIM,
