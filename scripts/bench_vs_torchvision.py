@@ -10,20 +10,30 @@ proposals and RoIs; with a real learning rate torchvision's randomly initialized
 collapses after a couple of updates and its head sees a handful of RoIs instead of 128
 (issue 14). The proposals and RoIs of every timed step are printed for both sides.
 
-The torchvision models mirror configs/default.yaml (small backbone, 240x320),
-configs/voc07_resnet50.yaml and configs/voc07_vgg16.yaml (600x1000, random init, nothing
-frozen): the same trunk and box head, anchors, RPN conv width, pre/post-NMS top-n, NMS
-threshold, RPN minimum box size, sampler sizes and fractions, IoU thresholds, RoIAlign
-output size and sampling ratio. Both sides are called on an already-sized image (no
-resize, no padding), one image with three boxes. LBW on the torchvision side is a
-parametrization of every conv and linear weight (ours quantizes all of them by default):
-forward W + (Q(W) - W).detach(), Q(W) = alpha * nearest power-of-two level,
-alpha = c * mean|W| (src/quant/lbw.rs, src/quant/levels.rs).
+Ours runs first and reports the model it built (`model_config`, `eval_config`, c and which
+layers stay float, from configs/default.yaml, configs/voc07_resnet50.yaml and
+configs/voc07_vgg16.yaml with random init); the torchvision model is then built from that
+report, so the two never drift apart: the same trunk and box head, anchors, RPN conv width,
+pre/post-NMS top-n (training and test), NMS thresholds, RPN minimum box size, sampler sizes
+and fractions, IoU thresholds, RoIAlign output size and sampling ratio, test-time score
+threshold, NMS and detections per image. Both sides are called on an already-sized image
+(no resize, no padding), one image with three boxes. LBW on the torchvision side is a
+parametrization of every quantized conv and linear weight: forward W + (Q(W) - W).detach(),
+Q(W) = alpha * nearest power-of-two level, alpha = c * mean|W| (src/quant/lbw.rs,
+src/quant/levels.rs).
+
+After the training steps each side times test-time forward passes (inference: RPN, box
+head, NMS) on the same image, with the RPN keeping its post_nms_top_n_test best boxes
+without NMS on both sides, so each scores exactly that many proposals (random weights would
+otherwise leave different numbers after NMS), and reports its process's peak resident memory. The torchvision side runs each model in its own worker process so that figure
+covers that model only, as ours does (both hold the float and the quantized model with
+their optimizer state).
 """
 import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,41 +53,12 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NUM_CLASSES = 20
-# src/quant/mod.rs default_c
-DEFAULT_C = {2: 1.7, 3: 2.5, 4: 3.7, 5: 7.2, 6: 7.2, 7: 7.2, 8: 7.2}
 
-# What the three configs say (see the module docstring).
+# The config each model is read from (ours reports the architecture it built from it).
 MODELS = OrderedDict(
-    small=dict(
-        config="configs/default.yaml",
-        set=[],
-        size=(240, 320),
-        anchors=(32, 64, 128),
-        rpn_channels=128,
-        pre_nms=2000,
-        post_nms=300,
-        rpn_min_size=4.0,
-    ),
-    resnet50=dict(
-        config="configs/voc07_resnet50.yaml",
-        set=["model.backbone_weights=null"],
-        size=(600, 1000),
-        anchors=(128, 256, 512),
-        rpn_channels=1024,
-        pre_nms=12000,
-        post_nms=2000,
-        rpn_min_size=16.0,
-    ),
-    vgg16=dict(
-        config="configs/voc07_vgg16.yaml",
-        set=["model.backbone_weights=null"],
-        size=(600, 1000),
-        anchors=(128, 256, 512),
-        rpn_channels=512,
-        pre_nms=12000,
-        post_nms=2000,
-        rpn_min_size=16.0,
-    ),
+    small=dict(config="configs/default.yaml", set=[], size=(240, 320)),
+    resnet50=dict(config="configs/voc07_resnet50.yaml", set=["model.backbone_weights=null"], size=(600, 1000)),
+    vgg16=dict(config="configs/voc07_vgg16.yaml", set=["model.backbone_weights=null"], size=(600, 1000)),
 )
 NAMES = {"small": "small", "resnet50": "resnet50-c4", "vgg16": "vgg16"}
 
@@ -85,10 +66,10 @@ NAMES = {"small": "small", "resnet50": "resnet50-c4", "vgg16": "vgg16"}
 class Lbw(nn.Module):
     """LBW quantize-on-forward with a straight-through gradient, like src/nn/qlayers.rs."""
 
-    def __init__(self, bits):
+    def __init__(self, bits, c):
         super().__init__()
         self.n = 1 << (bits - 2)
-        self.c = DEFAULT_C[bits]
+        self.c = c
 
     def forward(self, w):
         with torch.no_grad():
@@ -164,39 +145,45 @@ def vgg16_parts():
 
 
 class Detector(nn.Module):
-    def __init__(self, name, spec):
+    """torchvision's RPN and RoIHeads around our trunk and head, with ours' settings."""
+
+    def __init__(self, name, model, eval_cfg):
         super().__init__()
-        trunk, trunk_channels, head, head_dim, pool = {
-            "small": small_parts,
-            "resnet50": resnet50_parts,
-            "vgg16": vgg16_parts,
-        }[name]()
+        rpn_cfg, roi = model["rpn"], model["roi"]
+        if name == "small":
+            parts = small_parts(model["small_width"], roi["head_hidden"])
+        else:
+            parts = {"resnet50": resnet50_parts, "vgg16": vgg16_parts}[name]()
+        trunk, trunk_channels, head, head_dim, pool = parts
         self.trunk = trunk
-        anchors = AnchorGenerator(sizes=(tuple(spec["anchors"]),), aspect_ratios=((0.5, 1.0, 2.0),))
+        sizes, ratios = tuple(model["anchor_sizes"]), tuple(model["anchor_ratios"])
+        anchors = AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
         self.rpn = RegionProposalNetwork(
             anchors,
-            RpnHead(trunk_channels, spec["rpn_channels"], 9),
-            fg_iou_thresh=0.7,
-            bg_iou_thresh=0.3,
-            batch_size_per_image=256,
-            positive_fraction=0.5,
-            pre_nms_top_n=dict(training=spec["pre_nms"], testing=spec["pre_nms"]),
-            post_nms_top_n=dict(training=spec["post_nms"], testing=spec["post_nms"]),
-            nms_thresh=0.7,
+            RpnHead(trunk_channels, rpn_cfg["channels"], len(sizes) * len(ratios)),
+            fg_iou_thresh=rpn_cfg["fg_iou"],
+            bg_iou_thresh=rpn_cfg["bg_iou"],
+            batch_size_per_image=rpn_cfg["batch_size_per_image"],
+            positive_fraction=rpn_cfg["positive_fraction"],
+            pre_nms_top_n=dict(training=rpn_cfg["pre_nms_top_n_train"], testing=rpn_cfg["pre_nms_top_n_test"]),
+            post_nms_top_n=dict(training=rpn_cfg["post_nms_top_n_train"], testing=rpn_cfg["post_nms_top_n_test"]),
+            nms_thresh=rpn_cfg["nms_thresh"],
         )
-        self.rpn.min_size = spec["rpn_min_size"]  # ours: model.rpn.min_size at scale 1
+        self.rpn.min_size = rpn_cfg["min_size"]  # ours: model.rpn.min_size at scale 1
+        if roi["pooler"] != "roi_align" or roi["aligned"]:
+            sys.exit(f"{name}: only RoIAlign with aligned=false has a torchvision counterpart here")
         self.roi_heads = RoIHeads(
-            MultiScaleRoIAlign(["0"], pool, 2),
+            MultiScaleRoIAlign(["0"], pool, roi["sampling_ratio"]),
             head,
             FastRCNNPredictor(head_dim, NUM_CLASSES + 1),
-            fg_iou_thresh=0.5,
-            bg_iou_thresh=0.5,
-            batch_size_per_image=128,
-            positive_fraction=0.25,
-            bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-            score_thresh=0.05,
-            nms_thresh=0.3,
-            detections_per_img=100,
+            fg_iou_thresh=roi["fg_iou"],
+            bg_iou_thresh=roi["bg_iou_hi"],
+            batch_size_per_image=roi["batch_size_per_image"],
+            positive_fraction=roi["positive_fraction"],
+            bbox_reg_weights=tuple(roi["box_weights"]),
+            score_thresh=eval_cfg["score_thresh"],
+            nms_thresh=eval_cfg["nms_thresh"],
+            detections_per_img=eval_cfg["detections_per_image"],
         )
         self.last_rois = 0
         select = self.roi_heads.select_training_samples
@@ -216,11 +203,27 @@ class Detector(nn.Module):
         _, head_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         return sum(rpn_losses.values()) + sum(head_losses.values())
 
+    def detect(self, images):
+        features = OrderedDict([("0", self.trunk(images))])
+        image_list = ImageList(images, [tuple(images.shape[-2:])] * images.shape[0])
+        proposals, _ = self.rpn(image_list, features)
+        self.last_proposals = sum(len(p) for p in proposals)
+        detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+        return detections
 
-def quantize_all(model, bits):
+
+def quantize_all(model, bits, c, float_first_conv, float_predictors):
+    """LBW on every conv and linear weight, but those ours keeps in float."""
+    first_conv = next(m for m in model.trunk.modules() if isinstance(m, nn.Conv2d))
+    predictor = model.roi_heads.box_predictor
     for module in list(model.modules()):
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            parametrize.register_parametrization(module, "weight", Lbw(bits))
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if float_first_conv and module is first_conv:
+            continue
+        if float_predictors and module in (predictor.cls_score, predictor.bbox_pred):
+            continue
+        parametrize.register_parametrization(module, "weight", Lbw(bits, c))
 
 
 def synthetic_batch(height, width, device):
@@ -245,15 +248,16 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_torchvision(name, spec, bits, repeats, device):
-    height, width = spec["size"]
+def bench_torchvision(name, ours, repeats, device):
+    """Training steps, then inference passes, of the float and the quantized model."""
+    height, width = ours["image"]
     images, targets = synthetic_batch(height, width, device)
     runs = []
-    for b in (32, bits):
+    for b in (32, ours["bits"]):
         torch.manual_seed(1)
-        model = Detector(name, spec).to(device)
+        model = Detector(name, ours["model_config"], ours["eval_config"]).to(device)
         if b < 32:
-            quantize_all(model, b)
+            quantize_all(model, b, ours["c"], ours["float_first_conv"], ours["float_predictors"])
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=1e-4)
         runs.append((model, opt))
@@ -271,6 +275,23 @@ def bench_torchvision(name, spec, bits, repeats, device):
                 times[i].append((time.perf_counter() - start) * 1e3)
                 proposals[i].append(model.last_proposals)
                 rois[i].append(model.last_rois)
+    inference, inference_proposals = [[], []], [[], []]
+    for model, _ in runs:
+        model.eval()
+        # As ours does for timing: no RPN NMS and pre-NMS top-n = post-NMS top-n, so both
+        # sides score exactly post_nms_top_n_test proposals whatever their random weights.
+        model.rpn.nms_thresh = 1.0
+        model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"]
+        model.rpn.min_size = 0.0
+    with torch.no_grad():
+        for round_ in range(repeats + 1):
+            for i, (model, _) in enumerate(runs):
+                start = time.perf_counter()
+                model.detect(images)
+                sync(device)
+                if round_ > 0:
+                    inference[i].append((time.perf_counter() - start) * 1e3)
+                    inference_proposals[i].append(model.last_proposals)
     return dict(
         float_steps_ms=times[0],
         quantized_steps_ms=times[1],
@@ -278,7 +299,31 @@ def bench_torchvision(name, spec, bits, repeats, device):
         quantized_proposals=proposals[1],
         float_rois=rois[0],
         quantized_rois=rois[1],
+        float_inference_ms=inference[0],
+        quantized_inference_ms=inference[1],
+        float_inference_proposals=inference_proposals[0],
+        quantized_inference_proposals=inference_proposals[1],
+        # Linux reports KiB.
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     )
+
+
+def torchvision_worker(args):
+    """`--worker`: one model's torchvision side in a fresh process; JSON in, JSON out."""
+    job = json.load(sys.stdin)
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    result = bench_torchvision(job["name"], job["ours"], job["repeats"], torch.device(job["device"]))
+    print(json.dumps(result))
+
+
+def run_torchvision_worker(name, ours, repeats, threads, device):
+    job = dict(name=name, ours=ours, repeats=repeats, threads=threads, device=device.type)
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker"],
+        input=json.dumps(job), check=True, stdout=subprocess.PIPE, text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def bench_ours(binary, spec, bits, repeats, threads, device):
@@ -310,7 +355,10 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bin", default="target/release/lbwnet")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return torchvision_worker(args)
     models = ["small"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         if m not in MODELS:
@@ -332,10 +380,11 @@ def main():
         repeats = args.small_repeats if name == "small" else args.repeats
         h, w = spec["size"]
         print(f"\n== {NAMES[name]} {h}x{w}, {repeats} timed steps per side and bit-width (after one warm-up)", flush=True)
-        tv = bench_torchvision(name, spec, args.bits, repeats, device)
         ours = bench_ours(args.bin, spec, args.bits, repeats, threads, device)
+        tv = run_torchvision_worker(name, ours, repeats, threads, device)
         if ours["threads"] != threads:
             print(f"  WARNING: ours ran with {ours['threads']} threads, torchvision with {threads}")
+        print("training step (forward, backward, SGD):")
         print("| side | weights | median ms | min | max | proposals/step | RoIs/step |")
         print("|:--|:--|--:|--:|--:|:--|:--|")
         row = dict(model=NAMES[name], size=[h, w], threads=threads, repeats=repeats, torchvision=tv, ours=ours)
@@ -348,25 +397,42 @@ def main():
                 )
             ratio = statistics.median(ours[f"{kind}_steps_ms"]) / statistics.median(tv[f"{kind}_steps_ms"])
             equal = ours[f"{kind}_rois"] == tv[f"{kind}_rois"]
+            infer_ratio = statistics.median(ours[f"{kind}_inference_ms"]) / statistics.median(tv[f"{kind}_inference_ms"])
             row[f"{kind}_ratio"] = ratio
             row[f"{kind}_equal_rois"] = equal
-            summary.append((NAMES[name], f"{h}x{w}", label, ratio, equal))
+            row[f"{kind}_inference_ratio"] = infer_ratio
+            summary.append((NAMES[name], f"{h}x{w}", label, ratio, equal, infer_ratio))
+        print("inference (test-time forward: RPN, head, NMS), images/s:")
+        print("| side | weights | median images/s | min | max | proposals scored |")
+        print("|:--|:--|--:|--:|--:|:--|")
+        for kind, label in (("float", "float"), ("quantized", f"{args.bits}-bit")):
+            for side, r in (("torchvision", tv), ("ours", ours)):
+                med, lo, hi = stats(r[f"{kind}_inference_ms"])
+                print(
+                    f"| {side} | {label} | {1e3 / med:.2f} | {1e3 / hi:.2f} | {1e3 / lo:.2f} | "
+                    f"{sorted(set(r[f'{kind}_inference_proposals']))} |"
+                )
+        mem = lambda r: f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "n/a"
         print(
-            f"  ours/torchvision: float {row['float_ratio']:.3f}, {args.bits}-bit {row['quantized_ratio']:.3f}; "
+            f"peak resident memory of the process (float + {args.bits}-bit model, optimizer state, "
+            f"all steps): torchvision {mem(tv)}, ours {mem(ours)}"
+        )
+        print(
+            f"  ours/torchvision step time: float {row['float_ratio']:.3f}, {args.bits}-bit {row['quantized_ratio']:.3f}; "
             f"quantization overhead: ours {ours['ratio']:.3f}x, torchvision "
             f"{statistics.median(tv['quantized_steps_ms']) / statistics.median(tv['float_steps_ms']):.3f}x",
             flush=True,
         )
         results.append(row)
     print(f"\n== summary ({device}, {threads} thread(s)): ours/torchvision median step time (< 1: ours faster)")
-    print("| model | size | weights | ours/torchvision | same RoIs every step |")
-    print("|:--|:--|:--|--:|:--|")
-    for model, size, label, ratio, equal in summary:
-        print(f"| {model} | {size} | {label} | {ratio:.3f} | {'yes' if equal else 'NO'} |")
+    print("| model | size | weights | step time ours/torchvision | same RoIs every step | inference time ours/torchvision |")
+    print("|:--|:--|:--|--:|:--|--:|")
+    for model, size, label, ratio, equal, infer in summary:
+        print(f"| {model} | {size} | {label} | {ratio:.3f} | {'yes' if equal else 'NO'} | {infer:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    if not all(e for *_, e in summary):
+    if not all(e for _, _, _, _, e, _ in summary):
         print("WARNING: the two sides processed different numbers of RoIs; the ratio is not like for like")
 
 

@@ -98,6 +98,12 @@ impl FasterRcnn {
         (self.trunk.as_ref(), &self.rpn, &self.roi_head)
     }
 
+    /// The RPN's settings, changeable between passes: `lbwnet bench train-step` makes two
+    /// models with different random weights score the same number of proposals at test time.
+    pub fn rpn_config_mut(&mut self) -> &mut crate::config::RpnConfig {
+        self.rpn.config_mut()
+    }
+
     /// Training losses for a batch.
     pub fn losses(&self, batch: &ImageBatch, targets: &[ImageTarget]) -> LossTerms {
         self.training_pass(batch, targets).losses

@@ -218,6 +218,13 @@ impl Rpn {
         }
     }
 
+    /// The settings, to change between passes (see [`FasterRcnn::rpn_config_mut`]).
+    ///
+    /// [`FasterRcnn::rpn_config_mut`]: crate::detect::faster_rcnn::FasterRcnn::rpn_config_mut
+    pub fn config_mut(&mut self) -> &mut RpnConfig {
+        &mut self.cfg
+    }
+
     /// The proposal layer for one image: top `pre_nms` anchors by objectness, decoded,
     /// clipped, small boxes (under `min_size` at original-image scale) removed, NMS down
     /// to `post_nms`. Public for the per-phase benchmark.

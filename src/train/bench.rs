@@ -34,6 +34,40 @@ pub struct StepTiming {
     pub float_rois: Vec<i64>,
     pub quantized_proposals: Vec<i64>,
     pub quantized_rois: Vec<i64>,
+    /// Test-time forward passes (`detect`: RPN, head, NMS) on the same image after the
+    /// training steps, per pass, and the proposals each one scored: the RPN keeps its
+    /// post_nms_top_n_test best-scored boxes without NMS, so models with different random
+    /// weights score the same number.
+    pub float_inference_ms: Vec<f64>,
+    pub quantized_inference_ms: Vec<f64>,
+    pub float_inference_proposals: Vec<i64>,
+    pub quantized_inference_proposals: Vec<i64>,
+    /// The process's peak resident memory (both models, their optimizer state and every
+    /// step so far), MiB; none where the OS does not report it.
+    pub peak_rss_mib: Option<f64>,
+    /// What was built, so a reference implementation can mirror it: the model and eval
+    /// settings, the quantized model's c and which layers it keeps in float.
+    pub model_config: crate::config::ModelConfig,
+    pub eval_config: crate::config::EvalConfig,
+    pub c: Option<f64>,
+    pub float_first_conv: bool,
+    pub float_predictors: bool,
+}
+
+/// Peak resident set size of this process in MiB (Linux reports KiB).
+pub fn peak_rss_mib() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given.
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+        // SAFETY: initialized by the successful call.
+        ok.then(|| unsafe { usage.assume_init() }.ru_maxrss as f64 / 1024.0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -85,13 +119,16 @@ fn model_name(cfg: &ExperimentConfig) -> String {
     }
 }
 
+/// The model, its variables and its optimizer.
+type BenchRun = (tch::nn::VarStore, FasterRcnn, Sgd);
+
 /// `cfg` in float and at `bits` (lbw, default c), each built with its SGD optimizer
-/// (momentum 0.9, weight decay 1e-4) over every variable.
+/// (momentum 0.9, weight decay 1e-4) over every variable; and the quantized model's c.
 fn float_and_quantized(
     cfg: &ExperimentConfig,
     bits: u32,
     device: Device,
-) -> Result<Vec<(tch::nn::VarStore, FasterRcnn, Sgd)>> {
+) -> Result<(Vec<BenchRun>, Option<f64>)> {
     let num_classes = 20;
     let mut float_cfg = cfg.clone();
     float_cfg.quant.bits = crate::quant::FLOAT_BITS;
@@ -105,7 +142,7 @@ fn float_and_quantized(
         let sgd = Sgd::new(vs.variables(), 0.9, 1e-4);
         runs.push((vs, model, sgd));
     }
-    Ok(runs)
+    Ok((runs, quant_cfg.effective_c()))
 }
 
 fn sync(device: Device) {
@@ -126,7 +163,7 @@ pub fn bench_train_step(
     lr: f64,
 ) -> Result<StepTiming> {
     let (batch, targets) = synthetic_batch(height, width, device);
-    let mut runs = float_and_quantized(cfg, bits, device)?;
+    let (mut runs, runs_c) = float_and_quantized(cfg, bits, device)?;
     let mut times = [Vec::new(), Vec::new()];
     let mut proposals = [Vec::new(), Vec::new()];
     let mut rois = [Vec::new(), Vec::new()];
@@ -147,6 +184,30 @@ pub fn bench_train_step(
             }
         }
     }
+    // Random weights leave different numbers of boxes after the RPN's NMS, so the box head
+    // would do different work on each side; with NMS off and pre-NMS top-n = post-NMS
+    // top-n both score exactly post_nms_top_n_test proposals.
+    for (_, model, _) in runs.iter_mut() {
+        let rpn = model.rpn_config_mut();
+        rpn.nms_thresh = 1.0;
+        rpn.pre_nms_top_n_test = rpn.post_nms_top_n_test;
+        rpn.min_size = 0.0;
+    }
+    let mut inference_ms = [Vec::new(), Vec::new()];
+    let mut inference_proposals = [Vec::new(), Vec::new()];
+    for round in 0..=repeats {
+        for (i, (_, model, _)) in runs.iter().enumerate() {
+            let start = Instant::now();
+            let pass = model.inference_pass(&batch, &cfg.eval);
+            sync(device);
+            if round > 0 {
+                inference_ms[i].push(start.elapsed().as_secs_f64() * 1e3);
+                inference_proposals[i].push(pass.rpn.proposals.iter().map(|p| p.size()[0]).sum());
+            }
+        }
+    }
+    let [float_inference_ms, quantized_inference_ms] = inference_ms;
+    let [float_inference_proposals, quantized_inference_proposals] = inference_proposals;
     let [float_steps_ms, quantized_steps_ms] = times;
     let float_ms = median(&mut float_steps_ms.clone());
     let quantized_ms = median(&mut quantized_steps_ms.clone());
@@ -168,6 +229,16 @@ pub fn bench_train_step(
         float_rois,
         quantized_proposals,
         quantized_rois,
+        float_inference_ms,
+        quantized_inference_ms,
+        float_inference_proposals,
+        quantized_inference_proposals,
+        peak_rss_mib: peak_rss_mib(),
+        model_config: cfg.model.clone(),
+        eval_config: cfg.eval.clone(),
+        c: runs_c,
+        float_first_conv: cfg.quant.float_first_conv,
+        float_predictors: cfg.quant.float_predictors,
     })
 }
 
@@ -336,7 +407,7 @@ pub fn bench_breakdown(
     lr: f64,
 ) -> Result<StepBreakdown> {
     let (batch, targets) = synthetic_batch(height, width, device);
-    let mut runs = float_and_quantized(cfg, bits, device)?;
+    let (mut runs, _) = float_and_quantized(cfg, bits, device)?;
     let rows = PHASES.len();
     let mut phase_times = vec![[Vec::new(), Vec::new()]; rows];
     let mut sums = [Vec::new(), Vec::new()];
