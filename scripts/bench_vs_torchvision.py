@@ -340,8 +340,15 @@ def bench_ours(binary, spec, bits, repeats, threads, device):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def stats(values):
-    return statistics.median(values), min(values), max(values)
+def print_side_rows(kinds, tv, ours, key, convert, fmt, count_keys):
+    """One Markdown row per bit-width and side: the median, min and max of `key` (after
+    `convert`, e.g. ms to images/s) and the distinct per-step counts under `count_keys`."""
+    for kind, label in kinds:
+        for side, r in (("torchvision", tv), ("ours", ours)):
+            values = sorted(convert(v) for v in r[f"{kind}_{key}"])
+            med, lo, hi = statistics.median(values), values[0], values[-1]
+            counts = " | ".join(str(sorted(set(r[f"{kind}_{c}"]))) for c in count_keys)
+            print(f"| {side} | {label} | {med:{fmt}} | {lo:{fmt}} | {hi:{fmt}} | {counts} |")
 
 
 def main():
@@ -388,13 +395,9 @@ def main():
         print("| side | weights | median ms | min | max | proposals/step | RoIs/step |")
         print("|:--|:--|--:|--:|--:|:--|:--|")
         row = dict(model=NAMES[name], size=[h, w], threads=threads, repeats=repeats, torchvision=tv, ours=ours)
-        for kind, label in (("float", "float"), ("quantized", f"{args.bits}-bit")):
-            for side, r in (("torchvision", tv), ("ours", ours)):
-                med, lo, hi = stats(r[f"{kind}_steps_ms"])
-                print(
-                    f"| {side} | {label} | {med:.1f} | {lo:.1f} | {hi:.1f} | "
-                    f"{sorted(set(r[f'{kind}_proposals']))} | {sorted(set(r[f'{kind}_rois']))} |"
-                )
+        kinds = (("float", "float"), ("quantized", f"{args.bits}-bit"))
+        print_side_rows(kinds, tv, ours, "steps_ms", lambda ms: ms, ".1f", ("proposals", "rois"))
+        for kind, label in kinds:
             ratio = statistics.median(ours[f"{kind}_steps_ms"]) / statistics.median(tv[f"{kind}_steps_ms"])
             equal = ours[f"{kind}_rois"] == tv[f"{kind}_rois"]
             infer_ratio = statistics.median(ours[f"{kind}_inference_ms"]) / statistics.median(tv[f"{kind}_inference_ms"])
@@ -405,13 +408,7 @@ def main():
         print("inference (test-time forward: RPN, head, NMS), images/s:")
         print("| side | weights | median images/s | min | max | proposals scored |")
         print("|:--|:--|--:|--:|--:|:--|")
-        for kind, label in (("float", "float"), ("quantized", f"{args.bits}-bit")):
-            for side, r in (("torchvision", tv), ("ours", ours)):
-                med, lo, hi = stats(r[f"{kind}_inference_ms"])
-                print(
-                    f"| {side} | {label} | {1e3 / med:.2f} | {1e3 / hi:.2f} | {1e3 / lo:.2f} | "
-                    f"{sorted(set(r[f'{kind}_inference_proposals']))} |"
-                )
+        print_side_rows(kinds, tv, ours, "inference_ms", lambda ms: 1e3 / ms, ".2f", ("inference_proposals",))
         mem = lambda r: f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "n/a"
         print(
             f"peak resident memory of the process (float + {args.bits}-bit model, optimizer state, "

@@ -26,6 +26,16 @@ fn states(plan: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Runs job `id` of the sweep under `jobs/`, which must succeed; its info-level log.
+fn run_job_logged(sweep: &QuickSweep, id: &str) -> String {
+    let out = sweep
+        .command("jobs", &["--job", id])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    stderr(&assert_success(out))
+}
+
 /// Runs a job's command from the plan through the shell, as a user or a scheduler would.
 fn run_planned(sweep: &QuickSweep, job: &Value) -> std::process::Output {
     Command::new("sh")
@@ -113,18 +123,8 @@ fn plan_job_and_report_cover_the_sweep_piece_by_piece() {
         .results("jobs")
         .join("seed-0/initial/fp32/metrics.json");
     let first = std::fs::metadata(&metrics).unwrap().modified().unwrap();
-    let again = assert_success(
-        sweep
-            .command("jobs", &["--job", "seed-0/initial/fp32"])
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap(),
-    );
-    assert!(
-        stderr(&again).contains("finished earlier, reused"),
-        "{}",
-        stderr(&again)
-    );
+    let again = run_job_logged(&sweep, "seed-0/initial/fp32");
+    assert!(again.contains("finished earlier, reused"), "{again}");
     assert_eq!(
         std::fs::metadata(&metrics).unwrap().modified().unwrap(),
         first
@@ -167,17 +167,10 @@ fn plan_job_and_report_cover_the_sweep_piece_by_piece() {
             .unwrap()
     };
     assert_eq!(state_of(&partial, "seed-0/retrained/w6-lbw-c4"), "partial");
-    let resumed = assert_success(
-        sweep
-            .command("jobs", &["--job", "seed-0/retrained/w6-lbw-c4"])
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap(),
-    );
+    let resumed = run_job_logged(&sweep, "seed-0/retrained/w6-lbw-c4");
     assert!(
-        stderr(&resumed).contains("resuming its latest checkpoint"),
-        "{}",
-        stderr(&resumed)
+        resumed.contains("resuming its latest checkpoint"),
+        "{resumed}"
     );
     assert_eq!(std::fs::read(cell_dir.join("metrics.json")).unwrap(), saved);
 

@@ -1,7 +1,8 @@
 //! The shipped sweep config under `--quick` with two seeds, redirected into a temporary
 //! directory: every cell trains under each seed, the tables carry the spread over seeds
 //! and paired differences, the plots are written, and a second run reuses finished cells.
-use lbwnet::experiments::sweep::{run_sweep, SweepConfig};
+use lbwnet::experiments::executor::local::run_sweep;
+use lbwnet::experiments::sweep::SweepConfig;
 use lbwnet::train::checkpoint;
 use std::path::Path;
 

@@ -2,10 +2,11 @@
 //! cell from it, and write the tables (spread over seeds) and plots. The sweep is a graph
 //! of jobs: `--plan` lists them with their commands, `--job` runs one, `--report` tables
 //! whatever has finished, and `--executor` runs them here or on a Slurm cluster.
-use crate::experiments::executor::local::{run_parallel, LocalOptions};
+use crate::experiments::executor::local::{run_parallel, run_sweep, LocalOptions};
 use crate::experiments::executor::slurm;
 use crate::experiments::jobs::{JobState, SweepInvocation, SweepJobs};
-use crate::experiments::sweep::{run_sweep, write_report, SweepConfig};
+use crate::experiments::report::write_report;
+use crate::experiments::sweep::SweepConfig;
 use crate::experiments::table::SweepTable;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};

@@ -218,9 +218,7 @@ impl Rpn {
         }
     }
 
-    /// The settings, to change between passes (see [`FasterRcnn::rpn_config_mut`]).
-    ///
-    /// [`FasterRcnn::rpn_config_mut`]: crate::detect::faster_rcnn::FasterRcnn::rpn_config_mut
+    /// The settings, to change between passes (see `FasterRcnn::rpn_config_mut`).
     pub fn config_mut(&mut self) -> &mut RpnConfig {
         &mut self.cfg
     }

@@ -5,6 +5,7 @@
 pub mod executor;
 pub mod jobs;
 pub mod plots;
+pub mod report;
 pub mod stats;
 pub mod sweep;
 pub mod table;

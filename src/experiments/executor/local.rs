@@ -1,15 +1,36 @@
-//! `--executor local --jobs N [--devices 0,1]`: up to N jobs at once on this machine, each
-//! a child `lbwnet sweep --job ID` process (the command `--plan` prints), started as soon
+//! `--executor local`: by default every job in this process, one after another
+//! ([`run_sweep`]); with `--jobs N [--devices 0,1]`, up to N jobs at once on this machine,
+//! each a child `lbwnet sweep --job ID` process (the command `--plan` prints), started as soon
 //! as its float job has finished. With devices, each of the N slots owns one
 //! (`CUDA_VISIBLE_DEVICES`, slots taking them in turn); on the CPU, each child gets an
 //! equal share of the cores unless `OMP_NUM_THREADS` is already set.
 use crate::experiments::jobs::{SweepInvocation, SweepJobs};
+use crate::experiments::report::write_report;
+use crate::experiments::sweep::SweepConfig;
+use crate::experiments::table::SweepTable;
 use crate::progress::progress_bar;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// Runs the whole sweep in this process, one job after another (every seed's float model,
+/// then the cells), and writes the report.
+pub fn run_sweep(sweep: &SweepConfig, quick: bool) -> Result<SweepTable> {
+    let started = std::time::Instant::now();
+    let jobs = SweepJobs::new(sweep, quick)?;
+    let total = jobs.jobs.len();
+    for (done, job) in jobs.jobs.iter().enumerate() {
+        tracing::info!("sweep {}: job {}/{total}: {}", sweep.name, done + 1, job.id);
+        jobs.run(job)?;
+    }
+    let table = write_report(sweep, quick, started.elapsed().as_secs_f64())?;
+    if !table.missing.is_empty() {
+        bail!("sweep jobs did not finish: {}", table.missing.join(", "));
+    }
+    Ok(table)
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {

@@ -5,6 +5,7 @@
 //! still queued (recorded in `<results>/slurm/submitted.json`), so a cancelled or failed
 //! job is simply submitted again. `--wait` polls `squeue` until they have all left it.
 use crate::experiments::jobs::{shell_join, SweepInvocation, SweepJob, SweepJobs};
+use crate::experiments::sweep::SlurmSpec;
 use crate::fsutil::write_atomic;
 use crate::progress::progress_bar;
 use anyhow::{bail, Context, Result};
@@ -14,44 +15,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The `slurm:` block of a sweep config (each also settable with `--set slurm.KEY=VALUE`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlurmSpec {
-    /// `--partition`.
-    pub partition: Option<String>,
-    /// `--time`, e.g. `"12:00:00"`.
-    pub time: Option<String>,
-    /// `--gpus` per job.
-    pub gpus_per_job: Option<u32>,
-    /// `--cpus-per-task`.
-    pub cpus_per_task: Option<u32>,
-    /// `--mem`, e.g. `"32G"`.
-    pub mem: Option<String>,
-    /// `--account`.
-    pub account: Option<String>,
-    /// Further `sbatch` flags, passed as given, e.g. `["--qos=normal"]`.
-    #[serde(default)]
-    pub extra: Vec<String>,
-}
-
-impl SlurmSpec {
-    fn sbatch_flags(&self) -> Vec<String> {
-        let mut flags = Vec::new();
-        let mut add = |name: &str, value: Option<String>| {
-            if let Some(v) = value {
-                flags.push(format!("--{name}={v}"));
-            }
-        };
-        add("partition", self.partition.clone());
-        add("time", self.time.clone());
-        add("gpus", self.gpus_per_job.map(|g| g.to_string()));
-        add("cpus-per-task", self.cpus_per_task.map(|c| c.to_string()));
-        add("mem", self.mem.clone());
-        add("account", self.account.clone());
-        flags.extend(self.extra.iter().cloned());
-        flags
-    }
+/// The `sbatch` flags a `slurm:` block asks for.
+fn sbatch_flags(spec: &SlurmSpec) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut add = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            flags.push(format!("--{name}={v}"));
+        }
+    };
+    add("partition", spec.partition.clone());
+    add("time", spec.time.clone());
+    add("gpus", spec.gpus_per_job.map(|g| g.to_string()));
+    add("cpus-per-task", spec.cpus_per_task.map(|c| c.to_string()));
+    add("mem", spec.mem.clone());
+    add("account", spec.account.clone());
+    flags.extend(spec.extra.iter().cloned());
+    flags
 }
 
 /// Our job id -> Slurm job id (`123`, or `124_3` for a task of an array), over every
@@ -155,7 +134,7 @@ pub fn submit(
                         format!("--job-name=lbwnet-{name}-s{seed}-float"),
                         format!("--output={}/%x-%j.out", log_dir.display()),
                     ];
-                    flags.extend(spec.sbatch_flags());
+                    flags.extend(sbatch_flags(spec));
                     let id = sbatch(&workdir, &flags, &script)?;
                     println!("seed {seed}: float job {id} ({})", float.id);
                     record.jobs.insert(float.id.clone(), id.clone());
@@ -199,7 +178,7 @@ pub fn submit(
             // A failed float job cancels its cells instead of leaving them pending forever.
             flags.push("--kill-on-invalid-dep=yes".into());
         }
-        flags.extend(spec.sbatch_flags());
+        flags.extend(sbatch_flags(spec));
         let array = sbatch(&workdir, &flags, &script)?;
         println!(
             "seed {seed}: cells array job {array}, tasks {}{}",
@@ -351,4 +330,31 @@ fn squeue(ids: &[String]) -> Result<Option<Vec<String>>> {
             .filter(|l| !l.is_empty())
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slurm_block_becomes_sbatch_flags_in_a_fixed_order() {
+        let spec: SlurmSpec = serde_yaml::from_str(
+            "{partition: gpu, time: '2-00:00:00', gpus_per_job: 1, cpus_per_task: 8, mem: 48G, account: lab, extra: ['--qos=normal']}",
+        )
+        .unwrap();
+        assert_eq!(
+            sbatch_flags(&spec),
+            [
+                "--partition=gpu",
+                "--time=2-00:00:00",
+                "--gpus=1",
+                "--cpus-per-task=8",
+                "--mem=48G",
+                "--account=lab",
+                "--qos=normal"
+            ]
+        );
+        assert!(sbatch_flags(&SlurmSpec::default()).is_empty());
+        assert!(serde_yaml::from_str::<SlurmSpec>("{gpus: 1}").is_err());
+    }
 }
