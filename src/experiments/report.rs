@@ -1,13 +1,12 @@
 //! The sweep's report from whatever has finished: every finished run measured, each cell
 //! aggregated over the seeds that finished it, the rest named as missing; written as
 //! `table.json`, `table.md`, `paper_table.md` and the plots.
-use crate::config::ExperimentConfig;
 use crate::experiments::jobs::SweepJobs;
 use crate::experiments::plots::write_plots;
-use crate::experiments::sweep::{SeedPlan, SweepConfig};
+use crate::experiments::sweep::SweepConfig;
 use crate::experiments::table::{measure_run, RunMeasure, SweepRow, SweepTable};
 use crate::fsutil::write_atomic;
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// Measures whatever has finished and writes `table.json`, `table.md`, `paper_table.md`
 /// and the plots into the results directory. Unfinished jobs are listed in the table's
@@ -15,8 +14,7 @@ use anyhow::{Context, Result};
 /// `seconds` is the wall-clock time of the command writing it.
 pub fn write_report(sweep: &SweepConfig, quick: bool, seconds: f64) -> Result<SweepTable> {
     let jobs = SweepJobs::new(sweep, quick)?;
-    let plans = sweep.plan(quick)?;
-    let table = measure_sweep(sweep, quick, &jobs, &plans, seconds)?;
+    let table = measure_sweep(sweep, quick, &jobs, seconds)?;
     let dir = sweep.results_dir(quick);
     write_atomic(
         &dir.join("table.json"),
@@ -38,42 +36,29 @@ fn measure_sweep(
     sweep: &SweepConfig,
     quick: bool,
     jobs: &SweepJobs,
-    plans: &[SeedPlan],
     seconds: f64,
 ) -> Result<SweepTable> {
+    // Jobs come float jobs first, then each seed's cells in order, seeds ascending as planned.
     let mut missing = Vec::new();
-    let mut finished = |cfg: &ExperimentConfig| -> Result<bool> {
-        let job = jobs
-            .jobs
-            .iter()
-            .find(|j| j.config.run_dir() == cfg.run_dir())
-            .context("a planned run has no job")?;
-        let done = jobs.is_finished(job)?;
-        if !done {
-            missing.push(job.id.clone());
-        }
-        Ok(done)
-    };
     let mut initial = Vec::new();
-    for plan in plans {
-        if finished(&plan.float)? {
-            initial.push(measure_run(&plan.float)?);
+    let mut per_cell: Vec<Vec<Option<RunMeasure>>> = Vec::new();
+    for job in &jobs.jobs {
+        let run = if jobs.is_finished(job)? {
+            Some(measure_run(&job.config)?)
+        } else {
+            missing.push(job.id.clone());
+            None
+        };
+        match job.cell_index {
+            None => initial.extend(run),
+            Some(j) => {
+                if per_cell.len() <= j {
+                    per_cell.resize(j + 1, Vec::new());
+                }
+                per_cell[j].push(run);
+            }
         }
     }
-    // Per cell, per seed: the run when it finished.
-    let cell_count = plans.first().map_or(0, |p| p.cells.len());
-    let mut per_cell: Vec<Vec<Option<RunMeasure>>> = vec![Vec::new(); cell_count];
-    for plan in plans {
-        for (j, cell) in plan.cells.iter().enumerate() {
-            let run = if finished(cell)? {
-                Some(measure_run(cell)?)
-            } else {
-                None
-            };
-            per_cell[j].push(run);
-        }
-    }
-    missing.sort_by_key(|id| jobs.jobs.iter().position(|j| &j.id == id));
     let float_row = per_cell.first().cloned().unwrap_or_default();
     let mut rows = Vec::new();
     for runs in &per_cell {

@@ -170,16 +170,17 @@ pub fn bench_train_step(
     for round in 0..=repeats {
         for (i, (_, model, sgd)) in runs.iter_mut().enumerate() {
             tch::manual_seed(round as i64);
-            let start = Instant::now();
-            let pass = model.training_pass(&batch, &targets);
-            let loss = pass.losses.total();
-            sgd.zero_grad();
-            loss.backward();
-            sgd.step(lr);
-            sync(device);
+            let (pass, ms) = elapsed_ms(device, || {
+                let pass = model.training_pass(&batch, &targets);
+                let loss = pass.losses.total();
+                sgd.zero_grad();
+                loss.backward();
+                sgd.step(lr);
+                pass
+            });
             if round > 0 {
-                times[i].push(start.elapsed().as_secs_f64() * 1e3);
-                proposals[i].push(pass.rpn.proposals.iter().map(|p| p.size()[0]).sum());
+                times[i].push(ms);
+                proposals[i].push(proposal_count(&pass.rpn));
                 rois[i].push(pass.rois.rois.size()[0]);
             }
         }
@@ -197,12 +198,10 @@ pub fn bench_train_step(
     let mut inference_proposals = [Vec::new(), Vec::new()];
     for round in 0..=repeats {
         for (i, (_, model, _)) in runs.iter().enumerate() {
-            let start = Instant::now();
-            let pass = model.inference_pass(&batch, &cfg.eval);
-            sync(device);
+            let (pass, ms) = elapsed_ms(device, || model.inference_pass(&batch, &cfg.eval));
             if round > 0 {
-                inference_ms[i].push(start.elapsed().as_secs_f64() * 1e3);
-                inference_proposals[i].push(pass.rpn.proposals.iter().map(|p| p.size()[0]).sum());
+                inference_ms[i].push(ms);
+                inference_proposals[i].push(proposal_count(&pass.rpn));
             }
         }
     }
@@ -288,6 +287,11 @@ const PHASES: [(&str, bool); 11] = [
         false,
     ),
 ];
+
+/// Proposals the RPN passed on, over all images.
+fn proposal_count(rpn: &crate::detect::rpn::RpnOutput) -> i64 {
+    rpn.proposals.iter().map(|p| p.size()[0]).sum()
+}
 
 fn elapsed_ms<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
     let start = Instant::now();

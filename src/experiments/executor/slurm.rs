@@ -101,8 +101,6 @@ pub fn submit(
     let recorded: Vec<String> = record.jobs.values().cloned().collect();
     let active = active_slurm_ids(&recorded)?;
     let mut submission = Submission::default();
-    // Our id -> Slurm id of a float job queued before or now.
-    let mut pending_float: BTreeMap<String, String> = BTreeMap::new();
 
     let float_jobs: Vec<&SweepJob> = jobs
         .jobs
@@ -142,9 +140,6 @@ pub fn submit(
                     float_slurm = Some(id);
                 }
             }
-        }
-        if let Some(id) = &float_slurm {
-            pending_float.insert(float.id.clone(), id.clone());
         }
 
         let mut indices = Vec::new();
@@ -286,20 +281,11 @@ fn active_slurm_ids(ids: &[String]) -> Result<HashSet<String>> {
             all
         }
     };
+    // With `-r` every array task is listed on its own line as `124_3`, as recorded.
     let wanted: HashSet<&String> = ids.iter().collect();
     Ok(listed
         .into_iter()
-        .filter_map(|entry| {
-            // An array's pending tasks are listed one per line (`-r`) as `124_3`.
-            let whole = entry.split('_').next().unwrap_or_default().to_string();
-            if wanted.contains(&entry) {
-                Some(entry)
-            } else if wanted.contains(&whole) {
-                Some(whole)
-            } else {
-                None
-            }
-        })
+        .filter(|entry| wanted.contains(entry))
         .collect())
 }
 
