@@ -2,6 +2,7 @@
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 extern "C" void lbwnet_set_deterministic(int on) {
   auto& context = at::globalContext();
@@ -30,3 +31,27 @@ extern "C" at::Tensor* lbwnet_channels_last(const at::Tensor* t) {
   }
 }
 
+
+// Forward: the quantized weight itself; backward: the gradient handed to the float weight
+// unchanged (straight-through). Unlike `W + (Q - W).detach()` it needs no two
+// weight-sized temporaries per forward, and its value is Q(W) bit for bit.
+struct StraightThrough : public torch::autograd::Function<StraightThrough> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& weight,
+                            const at::Tensor& quantized) {
+    // Returning an input: autograd wraps it in a view, so nothing is copied.
+    return quantized;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {grads[0], at::Tensor()};
+  }
+};
+
+extern "C" at::Tensor* lbwnet_straight_through(const at::Tensor* weight,
+                                               const at::Tensor* quantized) {
+  try {
+    return new at::Tensor(StraightThrough::apply(*weight, *quantized));
+  } catch (...) {
+    return nullptr;
+  }
+}

@@ -8,6 +8,7 @@ extern "C" {
     fn lbwnet_deterministic_algorithms() -> i32;
     fn lbwnet_grad_enabled() -> i32;
     fn lbwnet_channels_last(tensor: *const c_void) -> *mut c_void;
+    fn lbwnet_straight_through(weight: *const c_void, quantized: *const c_void) -> *mut c_void;
 }
 
 /// `at::globalContext().setDeterministicAlgorithms(on, warn_only = true)`, deterministic
@@ -43,6 +44,21 @@ pub fn channels_last(xs: &tch::Tensor) -> tch::Tensor {
     }
 }
 
+/// `quantized` in the forward, its gradient handed to `weight` unchanged in the backward
+/// (a libtorch autograd function: no temporaries, the value is `quantized` bit for bit).
+/// Both must have the same shape.
+pub fn straight_through(weight: &tch::Tensor, quantized: &tch::Tensor) -> tch::Tensor {
+    assert_eq!(weight.size(), quantized.size(), "straight-through shapes");
+    // SAFETY: the shim only reads both tensors and returns a new tensor that we own.
+    let ptr = unsafe { lbwnet_straight_through(weight.as_ptr().cast(), quantized.as_ptr().cast()) };
+    assert!(
+        !ptr.is_null(),
+        "libtorch refused the straight-through function"
+    );
+    // SAFETY: a fresh heap tensor from the shim; tch frees it on drop.
+    unsafe { tch::Tensor::from_ptr(ptr.cast()) }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -63,5 +79,18 @@ mod tests {
         assert_eq!(nhwc.stride(), vec![60, 1, 15, 3]);
         let flat = super::channels_last(&xs.view([-1]));
         assert_eq!(flat.stride(), vec![1]);
+    }
+
+    #[test]
+    fn straight_through_forwards_quantized_and_passes_the_gradient() {
+        let opts = (tch::Kind::Float, tch::Device::Cpu);
+        let w = tch::Tensor::randn([3, 4], opts).set_requires_grad(true);
+        let q = tch::Tensor::randn([3, 4], opts);
+        let out = super::straight_through(&w, &q);
+        assert!(out.requires_grad() && out.detach().equal(&q));
+        let upstream = tch::Tensor::randn([3, 4], opts);
+        (&out * &upstream).sum(tch::Kind::Float).backward();
+        assert!(w.grad().equal(&upstream));
+        assert!(!q.grad().defined());
     }
 }

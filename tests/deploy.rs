@@ -258,19 +258,21 @@ fn decoded_model_computes_exactly_what_the_training_time_model_evaluates() {
 }
 
 #[test]
-fn straight_through_is_q_of_w_in_evaluation_and_unchanged_in_training() {
+fn straight_through_is_q_of_w_in_training_and_evaluation() {
     tch::manual_seed(3);
     let spec = lbwnet::quant::QuantSpec::new(lbwnet::quant::Method::Lbw, 6, Some(0.5)).unwrap();
     let w =
         tch::Tensor::randn([64, 32], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     let q = tch::no_grad(|| lbwnet::quant::quantize(&w, &spec));
+    // The case where the textbook `W + (Q(W) - W)` is not Q(W) in float is present.
     let sum = tch::no_grad(|| &w + (&q - &w));
     assert!(sum.ne_tensor(&q).any().int64_value(&[]) == 1);
-    // Training: the same W + (Q(W) - W) as before, and the identity gradient.
+    // Training: Q(W) bit for bit, and the identity gradient.
     let st = lbwnet::nn::qlayers::straight_through(&w, Some(&spec));
-    assert!(st.requires_grad() && st.detach().equal(&sum));
-    st.sum(tch::Kind::Float).backward();
-    assert!(w.grad().equal(&tch::Tensor::ones_like(&w)));
+    assert!(st.requires_grad() && st.detach().equal(&q));
+    let upstream = tch::Tensor::randn([64, 32], (tch::Kind::Float, tch::Device::Cpu));
+    (&st * &upstream).sum(tch::Kind::Float).backward();
+    assert!(w.grad().equal(&upstream));
     // Evaluation: Q(W) itself.
     let eval = tch::no_grad(|| lbwnet::nn::qlayers::straight_through(&w, Some(&spec)));
     assert!(eval.equal(&q));

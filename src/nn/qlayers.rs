@@ -1,6 +1,6 @@
 //! Quantize-on-forward layers (SPEC §1.5): float master weights are what the optimizer
-//! updates; every forward uses `W + (Q(W) - W).detach()`, so the forward sees Q(W) and the
-//! gradient reaches W unchanged (straight-through estimator). Biases stay float.
+//! updates; every forward sees Q(W) and the gradient reaches W unchanged (the straight-through
+//! estimator, `straight_through`). Biases stay float.
 use crate::quant::QuantSpec;
 use std::sync::{Arc, Mutex};
 use tch::{nn, Tensor};
@@ -99,18 +99,19 @@ pub struct LayerStats {
 
 /// The weight a quantized layer's forward uses: Q(W) forward, identity backward.
 ///
-/// With gradients enabled this is `W + (Q(W) - W).detach()`. In float arithmetic that sum
-/// is not always bit-equal to Q(W) (a weight clipped to alpha from above 2 alpha loses the
-/// exactness of the subtraction), so without gradients (evaluation under `no_grad`) the
-/// forward uses Q(W) itself: what an exported model, which stores `alpha * q`, computes.
-/// Training forward values and gradients are unchanged.
+/// With gradients enabled this is the straight-through estimator as one autograd function
+/// (`torch_ext::straight_through`): the forward value is Q(W) bit for bit, as in evaluation
+/// and in an exported model (which stores `alpha * q`), and the backward hands the gradient
+/// to W unchanged. `W + (Q(W) - W).detach()` computes the same gradient, but its value is
+/// not always Q(W) in float (a weight clipped to alpha from above 2 alpha loses the
+/// exactness of the subtraction) and it costs two weight-sized temporaries per forward.
 pub fn straight_through(weight: &Tensor, spec: Option<&QuantSpec>) -> Tensor {
     match spec {
         None => weight.shallow_clone(),
         Some(spec) => {
             let quantized = tch::no_grad(|| crate::quant::quantize(weight, spec));
-            if crate::torch_ext::grad_enabled() {
-                weight + (quantized - weight).detach()
+            if crate::torch_ext::grad_enabled() && weight.requires_grad() {
+                crate::torch_ext::straight_through(weight, &quantized)
             } else {
                 quantized
             }
