@@ -78,10 +78,10 @@ pub fn build_backbone(
 /// Runs a conv stack on channels-last (NHWC) input on the CPU and hands back an ordinary
 /// contiguous tensor. oneDNN's CPU convolutions skip their layout reorders on NHWC: with
 /// libtorch 2.11 on 2 threads, forward + backward of ResNet-50's conv1..layer3 at 600x1000
-/// took 1.9 s instead of 2.6 s, its layer4 on 128 RoIs 4.0 s instead of 4.8 s, VGG-16's
-/// conv layers 6.5 s instead of 7.4 s. Values are the same up to float rounding order. The
-/// output is made contiguous again because the RPN's single 3x3 conv and RoI pooling were
-/// slower on NHWC. CUDA input passes through unchanged (not measured there).
+/// took 1.9 s instead of 2.6 s, its layer4 on 128 RoIs 4.0 s instead of 4.8 s. VGG-16 wraps
+/// only conv1..conv3, which gain (see vgg.rs). Values are the same up to float rounding
+/// order. The output is made contiguous again because the RPN's single 3x3 conv and RoI
+/// pooling were slower on NHWC. CUDA input passes through unchanged (not measured there).
 #[derive(Debug)]
 pub struct ChannelsLast<M>(pub M);
 

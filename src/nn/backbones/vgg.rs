@@ -32,6 +32,13 @@ pub const TRUNK_CHANNELS: i64 = 512;
 pub const HEAD_DIM: i64 = 4096;
 pub const POOL_SIZE: i64 = 7;
 const DROPOUT: f64 = 0.5;
+/// conv1_x..conv3_x (the first 10 entries of FEATURES, through the third max-pool) run
+/// channels-last on the CPU, conv4_x and conv5_x in ordinary NCHW. With libtorch 2.11 on
+/// 2 threads at 600x1000, NHWC was faster per layer (forward + backward with its ReLU) up
+/// to conv3 (conv1_2 938 against 1355 ms) and slower from conv4 on (conv4_2 814 against
+/// 686 ms); the whole trunk's forward + backward took 5.8 s split after the third pool,
+/// 6.2 s all NHWC and 6.1 s all NCHW (medians of 7, with this binary's malloc policy).
+const CHANNELS_LAST_FEATURES: usize = 10;
 /// conv1_x and conv2_x stay fixed when fine-tuning from ImageNet, as in py-faster-rcnn.
 const FROZEN_FEATURES: [usize; 4] = [0, 2, 5, 7];
 
@@ -61,38 +68,54 @@ fn linear_config() -> nn::LinearConfig {
     }
 }
 
-pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> BackboneParts {
-    let features = root / "features";
-    let mut trunk = nn::seq_t();
-    let mut index = 0;
-    let mut c_in = 3;
-    for layer in FEATURES {
-        match layer {
-            Some(c_out) => {
-                let spec = if index == 0 {
-                    quant.first_conv()
-                } else {
-                    quant.layer()
-                };
-                let conv = qconv2d(
-                    &(&features / index),
-                    registry,
-                    spec,
-                    c_in,
-                    c_out,
-                    3,
-                    conv_config(),
-                );
-                trunk = trunk.add(conv).add_fn(|xs| xs.relu());
-                index += 2;
-                c_in = c_out;
-            }
-            None => {
-                trunk = trunk.add_fn(|xs| xs.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false));
-                index += 1;
+/// Where the next entry of FEATURES goes: its index in torchvision's `features` and its
+/// input channels.
+struct FeatureCursor {
+    index: i64,
+    c_in: i64,
+}
+
+impl FeatureCursor {
+    /// `seq` followed by `layers` (each conv with its ReLU).
+    fn append(
+        &mut self,
+        mut seq: nn::SequentialT,
+        layers: &[Option<i64>],
+        features: &nn::Path,
+        quant: &LayerQuant,
+        registry: &QuantRegistry,
+    ) -> nn::SequentialT {
+        for layer in layers {
+            match *layer {
+                Some(c_out) => {
+                    let spec = if self.index == 0 {
+                        quant.first_conv()
+                    } else {
+                        quant.layer()
+                    };
+                    let path = features / self.index;
+                    let conv = qconv2d(&path, registry, spec, self.c_in, c_out, 3, conv_config());
+                    seq = seq.add(conv).add_fn(|xs| xs.relu());
+                    self.index += 2;
+                    self.c_in = c_out;
+                }
+                None => {
+                    seq = seq.add_fn(|xs| xs.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false));
+                    self.index += 1;
+                }
             }
         }
+        seq
     }
+}
+
+pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> BackboneParts {
+    let features = root / "features";
+    let (early, late) = FEATURES.split_at(CHANNELS_LAST_FEATURES);
+    let mut next = FeatureCursor { index: 0, c_in: 3 };
+    let early = next.append(nn::seq_t(), early, &features, quant, registry);
+    let late = next.append(nn::seq_t(), late, &features, quant, registry);
+    let trunk = nn::seq_t().add(ChannelsLast(early)).add(late);
 
     let classifier = root / "classifier";
     let flat = TRUNK_CHANNELS * POOL_SIZE * POOL_SIZE;
@@ -122,7 +145,7 @@ pub fn vgg16(root: &nn::Path, quant: &LayerQuant, registry: &QuantRegistry) -> B
         .add_fn_t(|xs, train| xs.dropout(DROPOUT, train));
 
     BackboneParts {
-        trunk: Box::new(ChannelsLast(trunk)),
+        trunk: Box::new(trunk),
         trunk_channels: TRUNK_CHANNELS,
         head: Box::new(head),
         head_dim: HEAD_DIM,
