@@ -36,8 +36,9 @@ const DROPOUT: f64 = 0.5;
 /// channels-last on the CPU, conv4_x and conv5_x in ordinary NCHW. With libtorch 2.11 on
 /// 2 threads at 600x1000, NHWC was faster per layer (forward + backward with its ReLU) up
 /// to conv3 (conv1_2 938 against 1355 ms) and slower from conv4 on (conv4_2 814 against
-/// 686 ms); the whole trunk's forward + backward took 5.8 s split after the third pool,
-/// 6.2 s all NHWC and 6.1 s all NCHW (medians of 7, with this binary's malloc policy).
+/// 686 ms). The whole trunk's forward + backward, medians of 7 in each of two runs with
+/// this binary's malloc policy: split after the third pool 5.6 and 5.8 s, all NHWC 5.9
+/// and 6.2 s, all NCHW 6.1 s (first run), other split points 5.9 to 6.2 s (second run).
 const CHANNELS_LAST_FEATURES: usize = 10;
 /// conv1_x and conv2_x stay fixed when fine-tuning from ImageNet, as in py-faster-rcnn.
 const FROZEN_FEATURES: [usize; 4] = [0, 2, 5, 7];
