@@ -31,7 +31,6 @@ extern "C" at::Tensor* lbwnet_channels_last(const at::Tensor* t) {
   }
 }
 
-
 // Forward: the quantized weight itself; backward: the gradient handed to the float weight
 // unchanged (straight-through). Unlike `W + (Q - W).detach()` it needs no two
 // weight-sized temporaries per forward, and its value is Q(W) bit for bit.
