@@ -1,6 +1,7 @@
 // libtorch calls that tch does not wrap; their safe Rust side is src/torch_ext.rs.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -53,4 +54,43 @@ extern "C" at::Tensor* lbwnet_straight_through(const at::Tensor* weight,
   } catch (...) {
     return nullptr;
   }
+}
+
+// `var.grad = grad`: the optimizer hands every parameter a view of one flat gradient
+// buffer, into which autograd then accumulates in place. Returns 0 if libtorch refused.
+extern "C" int lbwnet_set_grad(at::Tensor* var, const at::Tensor* grad) {
+  try {
+    var->mutable_grad() = *grad;
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
+// Counts the top-level ATen operations this thread dispatches (an op called from inside
+// another op is not counted), for tests of how many kernels a pass launches.
+namespace {
+thread_local int64_t op_depth = 0;
+thread_local int64_t op_count = 0;
+
+std::unique_ptr<at::ObserverContext> on_op_start(const at::RecordFunction&) {
+  if (op_depth++ == 0) {
+    ++op_count;
+  }
+  return nullptr;
+}
+
+void on_op_end(const at::RecordFunction&, at::ObserverContext*) { --op_depth; }
+}  // namespace
+
+extern "C" uint64_t lbwnet_op_counter_start() {
+  op_depth = 0;
+  op_count = 0;
+  return at::addThreadLocalCallback(
+      at::RecordFunctionCallback(on_op_start, on_op_end).scopes({at::RecordScope::FUNCTION}));
+}
+
+extern "C" int64_t lbwnet_op_counter_stop(uint64_t handle) {
+  at::removeCallback(handle);
+  return op_count;
 }

@@ -9,6 +9,9 @@ extern "C" {
     fn lbwnet_grad_enabled() -> i32;
     fn lbwnet_channels_last(tensor: *const c_void) -> *mut c_void;
     fn lbwnet_straight_through(weight: *const c_void, quantized: *const c_void) -> *mut c_void;
+    fn lbwnet_set_grad(var: *mut c_void, grad: *const c_void) -> i32;
+    fn lbwnet_op_counter_start() -> u64;
+    fn lbwnet_op_counter_stop(handle: u64) -> i64;
 }
 
 /// `at::globalContext().setDeterministicAlgorithms(on, warn_only = true)`, deterministic
@@ -59,6 +62,35 @@ pub fn straight_through(weight: &tch::Tensor, quantized: &tch::Tensor) -> tch::T
     unsafe { tch::Tensor::from_ptr(ptr.cast()) }
 }
 
+/// Makes `grad` the gradient of `var` (same shape, dtype and device): autograd then
+/// accumulates into it in place, so `grad` may be a view of a larger buffer.
+pub fn set_grad(var: &tch::Tensor, grad: &tch::Tensor) {
+    assert_eq!(var.size(), grad.size(), "gradient shape");
+    // SAFETY: the shim assigns the gradient slot of the tensor `var` points to; both
+    // pointers are live tensors for the duration of the call.
+    let ok = unsafe { lbwnet_set_grad(var.as_ptr() as *mut c_void, grad.as_ptr().cast()) };
+    assert!(ok != 0, "libtorch refused to set a gradient");
+}
+
+/// `t / divisor` with IEEE division on every device. On CUDA, ATen turns a division by a
+/// host scalar into a multiplication by its reciprocal, which is up to an ulp off the
+/// CPU's quotient; dividing by a 0-d tensor on `t`'s device divides exactly. Use it wherever
+/// the quotient is rounded, floored, ceiled or compared.
+pub fn divide(t: &tch::Tensor, divisor: f64) -> tch::Tensor {
+    t / tch::Tensor::scalar_tensor(divisor, (t.kind(), t.device()))
+}
+
+/// How many top-level ATen operations `f` dispatches on this thread (operations that other
+/// operations call are not counted): a device-independent count of kernel launches.
+pub fn count_ops<R>(f: impl FnOnce() -> R) -> (R, i64) {
+    // SAFETY: registers a thread-local RecordFunction callback, removed right below.
+    let handle = unsafe { lbwnet_op_counter_start() };
+    let result = f();
+    // SAFETY: `handle` came from the start call above on this thread.
+    let count = unsafe { lbwnet_op_counter_stop(handle) };
+    (result, count)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -92,5 +124,31 @@ mod tests {
         (&out * &upstream).sum(tch::Kind::Float).backward();
         assert!(w.grad().equal(&upstream));
         assert!(!q.grad().defined());
+    }
+
+    #[test]
+    fn divide_is_exact_and_count_ops_sees_only_top_level_ops() {
+        let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 10.0, 0.3]);
+        let (q, ops) = super::count_ops(|| super::divide(&t, 7.0));
+        assert_eq!(
+            Vec::<f32>::try_from(&q).unwrap(),
+            vec![1.0 / 7.0, 2.0 / 7.0, 10.0 / 7.0, 0.3 / 7.0]
+        );
+        // scalar_tensor and div; their inner allocations and fills are not counted.
+        assert_eq!(ops, 2);
+        let ((), none) = super::count_ops(|| ());
+        assert_eq!(none, 0);
+    }
+
+    #[test]
+    fn a_set_gradient_accumulates_in_place() {
+        let opts = (tch::Kind::Float, tch::Device::Cpu);
+        let w = tch::Tensor::ones([2, 3], opts).set_requires_grad(true);
+        let buffer = tch::Tensor::zeros([10], opts);
+        super::set_grad(&w, &buffer.narrow(0, 4, 6).view([2, 3]));
+        (&w * 2.0).sum(tch::Kind::Float).backward();
+        (&w * 3.0).sum(tch::Kind::Float).backward();
+        let expected = [0.0f32, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0];
+        assert_eq!(Vec::<f32>::try_from(&buffer).unwrap(), expected);
     }
 }

@@ -72,11 +72,15 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn info_reports_libtorch() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lbwnet"))
-        .arg("info")
-        .env_clear()
-        .output()
-        .unwrap();
+    // No environment: the binary finds libtorch through its rpath. A binary carried to
+    // another machine (the GPU check) finds it through LD_LIBRARY_PATH instead, so that
+    // one variable is kept when set.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lbwnet"));
+    command.arg("info").env_clear();
+    if let Some(path) = std::env::var_os("LD_LIBRARY_PATH") {
+        command.env("LD_LIBRARY_PATH", path);
+    }
+    let out = command.output().unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("libtorch 2.11"), "{stdout}");

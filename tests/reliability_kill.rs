@@ -41,7 +41,7 @@ train:
   checkpoint_interval: 1
   log_interval: 10
   output_dir: {runs}
-  device: cpu
+  device: cpu  # byte-identical runs are the CPU's guarantee (SPEC §3.5); CUDA kernels may not be
   threads: 1
 "#,
         data = root.join("data").display(),

@@ -31,7 +31,7 @@ train:
   batch_size: 2
   checkpoint_interval: 2
   output_dir: runs
-  device: cpu
+  device: cpu  # byte-identical runs are the CPU's guarantee (SPEC §3.5); CUDA kernels may not be
   threads: 1
 "#;
 

@@ -1,4 +1,5 @@
 //! Box regression targets, as torchvision's `BoxCoder` (py-faster-rcnn's parametrisation).
+use crate::torch_ext::divide;
 use tch::Tensor;
 
 /// Encodes boxes relative to reference boxes as `(dx, dy, dw, dh)` scaled by `weights`.
@@ -49,10 +50,11 @@ impl BoxCoder {
         let boxes = boxes.to_kind(rel_codes.kind());
         let [widths, heights, ctr_x, ctr_y] = centre_form(&boxes);
         let (widths, heights) = (widths.unsqueeze(1), heights.unsqueeze(1));
-        let dx = codes.select(2, 0) / wx;
-        let dy = codes.select(2, 1) / wy;
-        let dw = (codes.select(2, 2) / ww).clamp_max(self.bbox_xform_clip);
-        let dh = (codes.select(2, 3) / wh).clamp_max(self.bbox_xform_clip);
+        // Decoded boxes are clamped, compared by NMS and thresholded: exact quotients.
+        let dx = divide(&codes.select(2, 0), wx);
+        let dy = divide(&codes.select(2, 1), wy);
+        let dw = divide(&codes.select(2, 2), ww).clamp_max(self.bbox_xform_clip);
+        let dh = divide(&codes.select(2, 3), wh).clamp_max(self.bbox_xform_clip);
         let pred_x = dx * &widths + ctr_x.unsqueeze(1);
         let pred_y = dy * &heights + ctr_y.unsqueeze(1);
         let half_w = dw.exp() * widths * 0.5;

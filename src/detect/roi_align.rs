@@ -7,6 +7,7 @@
 //! channels-last feature table): one fused kernel whose memory is the output's size, where
 //! gathering the taps first would need 16x the output per bin.
 use crate::detect::roi_pooling::{feature_dims, pool_bins, prepare_rois};
+use crate::torch_ext::divide;
 use tch::{Kind, Tensor};
 
 /// Bilinear taps along one axis for every (RoI, bin, sample): pixel coordinate
@@ -84,8 +85,9 @@ pub fn roi_align(
         extent_x = extent_x.clamp_min(1.0);
         extent_y = extent_y.clamp_min(1.0);
     }
-    let bin_x = extent_x / ow as f64;
-    let bin_y = extent_y / oh as f64;
+    // Ceiled (adaptive grids) and floored (taps) below: exact quotients on every device.
+    let bin_x = divide(&extent_x, ow as f64);
+    let bin_y = divide(&extent_y, oh as f64);
     let (grid_x, grid_y, grid_x_max, grid_y_max) = if sampling_ratio > 0 {
         let grid = bin_x.full_like(sampling_ratio as f64);
         (grid.shallow_clone(), grid, sampling_ratio, sampling_ratio)

@@ -3,6 +3,7 @@
 //! map, max per bin, 0 for empty bins. Differentiable w.r.t. the features: the gradient
 //! goes to each bin's first maximum in row-major order, as in torchvision.
 use crate::detect::roi_pooling::{feature_dims, pool_bins, prepare_rois};
+use crate::torch_ext::divide;
 use tch::{Kind, Tensor};
 
 /// C's `round`: half away from zero (ATen's `round` is half to even).
@@ -22,7 +23,8 @@ fn bin_ranges(
     kind: Kind,
 ) -> (Tensor, Tensor) {
     let extent = (roi_end - roi_start + 1).clamp_min(1);
-    let bin = extent.to_kind(kind).view([-1, 1]) / bins as f64;
+    // Floored and ceiled below, so the quotient must be exact on every device.
+    let bin = divide(&extent.to_kind(kind).view([-1, 1]), bins as f64);
     let pos = Tensor::arange(bins, (kind, roi_start.device())).view([1, bins]);
     let start = (&pos * &bin).floor().to_kind(Kind::Int64);
     let end = ((pos + 1.0) * bin).ceil().to_kind(Kind::Int64);

@@ -19,16 +19,48 @@ pub struct RegisteredLayer {
     pub weight: Tensor,
     /// `None`: this layer stays float.
     pub spec: Option<QuantSpec>,
+    /// Q(W) computed ahead of the forward by a quantization pass, shared with the layer.
+    pub slot: QuantSlot,
+}
+
+/// A layer's Q(W) for the current step when a pass over all layers computed it
+/// (`nn::flat::FlatParameters::quantize_weights`); empty otherwise, and the layer then
+/// quantizes its weight itself.
+#[derive(Debug, Clone, Default)]
+pub struct QuantSlot(Arc<Mutex<Option<Tensor>>>);
+
+impl QuantSlot {
+    pub fn get(&self) -> Option<Tensor> {
+        self.lock().as_ref().map(Tensor::shallow_clone)
+    }
+
+    pub(crate) fn set(&self, quantized: &Tensor) {
+        *self.lock() = Some(quantized.shallow_clone());
+    }
+
+    pub(crate) fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Tensor>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl QuantRegistry {
-    pub fn register(&self, name: String, weight: &Tensor, spec: Option<QuantSpec>) {
+    /// Registers a layer's weight; the returned slot is where a pass leaves its Q(W).
+    pub fn register(&self, name: String, weight: &Tensor, spec: Option<QuantSpec>) -> QuantSlot {
         let mut layers = self.layers.lock().expect("quant registry poisoned");
+        let slot = QuantSlot::default();
         layers.push(RegisteredLayer {
             name,
             weight: weight.shallow_clone(),
             spec,
+            slot: slot.clone(),
         });
+        slot
     }
 
     /// Runs `f` over the registered layers, in registration order.
@@ -106,10 +138,17 @@ pub struct LayerStats {
 /// not always Q(W) in float (a weight clipped to alpha from above 2 alpha loses the
 /// exactness of the subtraction) and it costs two weight-sized temporaries per forward.
 pub fn straight_through(weight: &Tensor, spec: Option<&QuantSpec>) -> Tensor {
+    forward_weight(weight, spec, &QuantSlot::default())
+}
+
+/// [`straight_through`] with Q(W) taken from `slot` when a pass filled it.
+fn forward_weight(weight: &Tensor, spec: Option<&QuantSpec>, slot: &QuantSlot) -> Tensor {
     match spec {
         None => weight.shallow_clone(),
         Some(spec) => {
-            let quantized = tch::no_grad(|| crate::quant::quantize(weight, spec));
+            let quantized = slot
+                .get()
+                .unwrap_or_else(|| tch::no_grad(|| crate::quant::quantize(weight, spec)));
             if crate::torch_ext::grad_enabled() && weight.requires_grad() {
                 crate::torch_ext::straight_through(weight, &quantized)
             } else {
@@ -128,6 +167,7 @@ pub struct QConv2d {
     pub dilation: i64,
     pub groups: i64,
     pub spec: Option<QuantSpec>,
+    pub slot: QuantSlot,
 }
 
 /// A 2-D convolution whose weight `<path>.weight` is quantized on forward when `spec` is
@@ -148,7 +188,7 @@ pub fn qconv2d(
         cfg.ws_init,
     );
     let bias = cfg.bias.then(|| path.var("bias", &[c_out], cfg.bs_init));
-    registry.register(path.path("weight"), &weight, spec);
+    let slot = registry.register(path.path("weight"), &weight, spec);
     QConv2d {
         weight,
         bias,
@@ -157,12 +197,13 @@ pub fn qconv2d(
         dilation: cfg.dilation,
         groups: cfg.groups,
         spec,
+        slot,
     }
 }
 
 impl nn::Module for QConv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let weight = straight_through(&self.weight, self.spec.as_ref());
+        let weight = forward_weight(&self.weight, self.spec.as_ref(), &self.slot);
         xs.conv2d(
             &weight,
             self.bias.as_ref(),
@@ -180,6 +221,7 @@ pub struct QLinear {
     /// Absent when the config asked for none (`LinearConfig::bias == false`).
     pub bias: Option<Tensor>,
     pub spec: Option<QuantSpec>,
+    pub slot: QuantSlot,
 }
 
 /// A fully-connected layer (`<path>.weight` [out, in], and `<path>.bias` unless
@@ -205,13 +247,18 @@ pub fn qlinear(
             }),
         )
     });
-    registry.register(path.path("weight"), &weight, spec);
-    QLinear { weight, bias, spec }
+    let slot = registry.register(path.path("weight"), &weight, spec);
+    QLinear {
+        weight,
+        bias,
+        spec,
+        slot,
+    }
 }
 
 impl nn::Module for QLinear {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let weight = straight_through(&self.weight, self.spec.as_ref());
+        let weight = forward_weight(&self.weight, self.spec.as_ref(), &self.slot);
         xs.linear(&weight, self.bias.as_ref())
     }
 }

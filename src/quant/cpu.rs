@@ -1,9 +1,33 @@
 //! Direct access to contiguous CPU tensors, for the quantizer kernels that would take
 //! torch's element-wise ops several passes over memory, and the block-parallel driver
 //! they run on (torch's intra-op thread count, so `set_num_threads` governs both).
+use std::cell::Cell;
 use std::ops::Range;
 use tch::kind::Element;
 use tch::{Device, Tensor};
+
+thread_local! {
+    static TENSOR_OPS_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `t` goes through the fused CPU kernels: a CPU tensor, unless
+/// [`with_tensor_ops`] asked for the device-generic path.
+pub(crate) fn uses_cpu_kernels(t: &Tensor) -> bool {
+    t.device() == Device::Cpu && !TENSOR_OPS_ONLY.with(Cell::get)
+}
+
+/// Runs `f` with the quantizers on their device-generic tensor-op path (the one CUDA
+/// takes) also for CPU tensors, so that path is tested, and counted, without a GPU.
+pub fn with_tensor_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TENSOR_OPS_ONLY.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(TENSOR_OPS_ONLY.with(|flag| flag.replace(true)));
+    f()
+}
 
 /// Elements per parallel task: large enough to amortize a thread start, and fixed so
 /// block-wise reductions give the same result for any thread count.

@@ -110,12 +110,12 @@ pub(crate) fn pow2_index(r: f32, n: i32, smallest_cut: f32) -> i32 {
 /// Signed codes of the nearest power-of-two levels of `w / alpha` (`w` float32, `alpha` a
 /// 0-d float32 tensor on `w`'s device; alpha 0 gives all-zero codes). Int8, `w`'s shape.
 pub(crate) fn pow2_codes(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
-    if w.device() != Device::Cpu {
+    if !cpu::uses_cpu_kernels(w) {
         return pow2_codes_tensor(w, alpha, n);
     }
     let w = w.contiguous();
     let mut codes = Tensor::empty(w.size(), (Kind::Int8, Device::Cpu));
-    let rule = Pow2Rule::new(alpha, n);
+    let rule = Pow2Rule::new(alpha.double_value(&[]) as f32, n);
     cpu::zip_blocks(
         cpu::slice::<f32>(&w),
         cpu::slice_mut::<i8>(&mut codes),
@@ -127,22 +127,33 @@ pub(crate) fn pow2_codes(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
 /// `dequantize(alpha, pow2_codes(w, alpha, n))`, in one pass on the CPU (the training
 /// forward's hot path).
 pub(crate) fn pow2_values(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
-    if w.device() != Device::Cpu {
-        return dequantize_tensor(
-            alpha,
-            &pow2_codes_tensor(w, alpha, n),
-            LevelSet::PowersOfTwo { n },
-        );
+    if !cpu::uses_cpu_kernels(w) {
+        return pow2_values_tensor(w, alpha, n);
     }
     let w = w.contiguous();
     let mut values = Tensor::empty(w.size(), (Kind::Float, Device::Cpu));
-    let rule = Pow2Rule::new(alpha, n);
-    cpu::zip_blocks(
+    pow2_values_into(
         cpu::slice::<f32>(&w),
+        alpha.double_value(&[]) as f32,
+        n,
         cpu::slice_mut::<f32>(&mut values),
-        |src, dst| rule.fill_values(src, dst),
     );
     values
+}
+
+/// The CPU kernel of [`pow2_values`] on slices: `values[i]` from `weights[i]` at scale `alpha`.
+pub(crate) fn pow2_values_into(weights: &[f32], alpha: f32, n: u32, values: &mut [f32]) {
+    let rule = Pow2Rule::new(alpha, n);
+    cpu::zip_blocks(weights, values, |src, dst| rule.fill_values(src, dst));
+}
+
+/// [`pow2_values`] as tensor ops (CUDA's path); `alpha` is 0-d or one scale per weight.
+pub(crate) fn pow2_values_tensor(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
+    dequantize_tensor(
+        alpha,
+        &pow2_codes_tensor(w, alpha, n),
+        LevelSet::PowersOfTwo { n },
+    )
 }
 
 /// The per-weight nearest-level rule of the CPU kernels at one scale. The kernels take
@@ -156,8 +167,7 @@ struct Pow2Rule {
 }
 
 impl Pow2Rule {
-    fn new(alpha: &Tensor, n: u32) -> Self {
-        let alpha = alpha.double_value(&[]) as f32;
+    fn new(alpha: f32, n: u32) -> Self {
         let n = n as i32;
         Pow2Rule {
             alpha,
@@ -205,7 +215,8 @@ impl Pow2Rule {
 }
 
 /// The same rule as tensor ops, for devices other than the CPU: `r = m * 2^e` with
-/// `m` in [0.5, 1) gives index `e - 1 + n + (m >= 0.75)`.
+/// `m` in [0.5, 1) gives index `e - 1 + n + (m >= 0.75)`. `alpha` is 0-d or one scale per
+/// weight.
 fn pow2_codes_tensor(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
     let n = i64::from(n);
     let r = w.abs() / nonzero_scale_tensor(alpha);
@@ -222,7 +233,7 @@ pub(crate) fn with_signs_of(index: &Tensor, w: &Tensor) -> Tensor {
 
 /// `alpha * level(code)` as float32 on the codes' device.
 pub(crate) fn dequantize(alpha: &Tensor, codes: &Tensor, levels: LevelSet) -> Tensor {
-    if codes.device() == Device::Cpu {
+    if cpu::uses_cpu_kernels(codes) {
         dequantize_cpu(alpha.double_value(&[]) as f32, codes, levels)
     } else {
         dequantize_tensor(alpha, codes, levels)
@@ -260,15 +271,16 @@ fn look_up(codes: &[i8], values: &mut [f32], table: &[f32], max_code: i32) {
     }
 }
 
+/// `level(code) * alpha` as tensor ops; `alpha` is 0-d or one scale per code.
 fn dequantize_tensor(alpha: &Tensor, codes: &Tensor, levels: LevelSet) -> Tensor {
     let magnitudes = levels.magnitude_table(codes.device());
     let signed = Tensor::cat(
         &[magnitudes.slice(0, 1, None, 1).flip([0]).neg(), magnitudes],
         0,
     );
-    let table = signed * alpha;
     let index = codes.flatten(0, -1).to_kind(Kind::Int64) + i64::from(levels.max_code());
-    table.index_select(0, &index).reshape(codes.size())
+    // `(-m) * alpha` is `-(m * alpha)` bit for bit, and code 0 gives +0: the CPU's values.
+    signed.index_select(0, &index).reshape(codes.size()) * alpha
 }
 
 #[cfg(test)]

@@ -9,11 +9,14 @@ mod baselines;
 pub mod bench;
 mod cpu;
 pub mod exact;
+pub mod flat;
 mod lbw;
 pub mod levels;
 pub mod packing;
 mod ternary;
 
+pub use cpu::with_tensor_ops;
+pub use flat::FlatSegments;
 pub use levels::LevelSet;
 pub use packing::{pack, storage_bytes, unpack, PackedTensor};
 

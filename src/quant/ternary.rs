@@ -6,7 +6,7 @@ use super::{cpu, levels, LevelSet, Quantized};
 use tch::{Device, Kind, Tensor};
 
 pub(crate) fn quantize(w: &Tensor) -> Quantized {
-    if w.device() == Device::Cpu {
+    if cpu::uses_cpu_kernels(w) {
         quantize_cpu(w)
     } else {
         quantize_tensor(w)

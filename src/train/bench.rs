@@ -2,8 +2,9 @@
 //! a model in float and quantized to b bits, measured alternately in one process so both
 //! see the same machine load, and their ratio.
 use crate::config::{Backbone, ExperimentConfig};
-use crate::detect::faster_rcnn::FasterRcnn;
+use crate::detect::faster_rcnn::{FasterRcnn, TrainingPass};
 use crate::detect::image_list::{ImageBatch, ImageTarget};
+use crate::nn::FlatParameters;
 use crate::train::setup::build_model;
 use crate::train::sgd::Sgd;
 use anyhow::Result;
@@ -119,8 +120,28 @@ fn model_name(cfg: &ExperimentConfig) -> String {
     }
 }
 
-/// The model, its variables and its optimizer.
-type BenchRun = (tch::nn::VarStore, FasterRcnn, Sgd);
+/// The model, its variables (in flat buffers) and its optimizer.
+struct BenchRun {
+    _vs: tch::nn::VarStore,
+    model: FasterRcnn,
+    params: FlatParameters,
+    sgd: Sgd,
+}
+
+impl BenchRun {
+    /// One training step as the trainer runs it: quantization pass, forward, backward,
+    /// SGD step.
+    fn step(&mut self, batch: &ImageBatch, targets: &[ImageTarget], lr: f64) -> TrainingPass {
+        let quantized = self.params.quantize_weights();
+        let pass = self.model.training_pass(batch, targets);
+        let loss = pass.losses.total();
+        self.sgd.zero_grad();
+        loss.backward();
+        drop(quantized);
+        self.sgd.step(lr);
+        pass
+    }
+}
 
 /// `cfg` in float and at `bits` (lbw, default c), each built with its SGD optimizer
 /// (momentum 0.9, weight decay 1e-4) over every variable; and the quantized model's c.
@@ -139,8 +160,14 @@ fn float_and_quantized(
     let mut runs = Vec::new();
     for c in [&float_cfg, &quant_cfg] {
         let (vs, model) = build_model(c, num_classes, device, true)?;
-        let sgd = Sgd::new(vs.variables(), 0.9, 1e-4);
-        runs.push((vs, model, sgd));
+        let params = FlatParameters::new(vs.variables(), &model.registry)?;
+        let sgd = Sgd::new(&params, 0.9, 1e-4);
+        runs.push(BenchRun {
+            _vs: vs,
+            model,
+            params,
+            sgd,
+        });
     }
     Ok((runs, quant_cfg.effective_c()))
 }
@@ -168,16 +195,9 @@ pub fn bench_train_step(
     let mut proposals = [Vec::new(), Vec::new()];
     let mut rois = [Vec::new(), Vec::new()];
     for round in 0..=repeats {
-        for (i, (_, model, sgd)) in runs.iter_mut().enumerate() {
+        for (i, run) in runs.iter_mut().enumerate() {
             tch::manual_seed(round as i64);
-            let (pass, ms) = elapsed_ms(device, || {
-                let pass = model.training_pass(&batch, &targets);
-                let loss = pass.losses.total();
-                sgd.zero_grad();
-                loss.backward();
-                sgd.step(lr);
-                pass
-            });
+            let (pass, ms) = elapsed_ms(device, || run.step(&batch, &targets, lr));
             if round > 0 {
                 times[i].push(ms);
                 proposals[i].push(proposal_count(&pass.rpn));
@@ -188,8 +208,8 @@ pub fn bench_train_step(
     // Random weights leave different numbers of boxes after the RPN's NMS, so the box head
     // would do different work on each side; with NMS off and pre-NMS top-n = post-NMS
     // top-n both score exactly post_nms_top_n_test proposals.
-    for (_, model, _) in runs.iter_mut() {
-        let rpn = model.rpn_config_mut();
+    for run in runs.iter_mut() {
+        let rpn = run.model.rpn_config_mut();
         rpn.nms_thresh = 1.0;
         rpn.pre_nms_top_n_test = rpn.post_nms_top_n_test;
         rpn.min_size = 0.0;
@@ -197,8 +217,8 @@ pub fn bench_train_step(
     let mut inference_ms = [Vec::new(), Vec::new()];
     let mut inference_proposals = [Vec::new(), Vec::new()];
     for round in 0..=repeats {
-        for (i, (_, model, _)) in runs.iter().enumerate() {
-            let (pass, ms) = elapsed_ms(device, || model.inference_pass(&batch, &cfg.eval));
+        for (i, run) in runs.iter().enumerate() {
+            let (pass, ms) = elapsed_ms(device, || run.model.inference_pass(&batch, &cfg.eval));
             if round > 0 {
                 inference_ms[i].push(ms);
                 inference_proposals[i].push(proposal_count(&pass.rpn));
@@ -282,10 +302,7 @@ const PHASES: [(&str, bool); 11] = [
     ("backward: RPN + RoI head", false),
     ("backward: trunk", false),
     ("optimizer (zero_grad + SGD step)", false),
-    (
-        "quantization Q(W) of every layer (inside the forwards)",
-        false,
-    ),
+    ("quantization pass Q(W) of every layer", false),
 ];
 
 /// Proposals the RPN passed on, over all images.
@@ -307,18 +324,19 @@ fn elapsed_ms<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
 /// without and with targets, for the RPN loss by difference; the proposal layer is
 /// `Rpn::propose` run again on the RPN's outputs (the RPN head is the rest of the first
 /// run); the RoI pooling is run once more on its own (the box head is the rest of the
-/// head's loss). Returns the phase times in [`PHASES`]' order, the quantization row
-/// timed separately on the model's registered weights. `cfg` is the model's config.
+/// head's loss). The quantization pass runs first, as in training. Returns the phase
+/// times in [`PHASES`]' order. `cfg` is the model's config.
 fn breakdown_step(
     cfg: &ExperimentConfig,
-    model: &FasterRcnn,
-    sgd: &mut Sgd,
+    run: &mut BenchRun,
     batch: &ImageBatch,
     targets: &[ImageTarget],
     lr: f64,
     device: Device,
 ) -> Vec<f64> {
-    let (trunk, rpn, roi_head) = model.parts();
+    let (quantized, quant_ms) = elapsed_ms(device, || run.params.quantize_weights());
+    let (trunk, rpn, roi_head) = run.model.parts();
+    let sgd = &mut run.sgd;
     let rpn_cfg = &cfg.model.rpn;
     let (features, trunk_ms) = elapsed_ms(device, || trunk.forward_t(&batch.images, true));
     let leaf = features.detach().set_requires_grad(true);
@@ -373,17 +391,8 @@ fn breakdown_step(
     let (_, trunk_backward_ms) = elapsed_ms(device, || {
         (&features * leaf.grad()).sum(Kind::Float).backward()
     });
+    drop(quantized);
     let (_, step_ms) = elapsed_ms(device, || sgd.step(lr));
-    let (_, quant_ms) = elapsed_ms(device, || {
-        model.registry.with_layers(|layers| {
-            for layer in layers {
-                if layer.spec.is_some() {
-                    let _ =
-                        crate::nn::qlayers::straight_through(&layer.weight, layer.spec.as_ref());
-                }
-            }
-        })
-    });
     vec![
         trunk_ms,
         rpn_plain_ms - propose_ms,
@@ -422,19 +431,13 @@ pub fn bench_breakdown(
         [cfg.clone(), q]
     };
     for round in 0..=repeats {
-        for (i, (_, model, sgd)) in runs.iter_mut().enumerate() {
+        for (i, run) in runs.iter_mut().enumerate() {
             tch::manual_seed(round as i64);
-            let phases = breakdown_step(&cfgs[i], model, sgd, &batch, &targets, lr, device);
+            let phases = breakdown_step(&cfgs[i], run, &batch, &targets, lr, device);
             tch::manual_seed(round as i64);
-            let (_, step_ms) = elapsed_ms(device, || {
-                let loss = model.losses(&batch, &targets).total();
-                sgd.zero_grad();
-                loss.backward();
-                sgd.step(lr);
-            });
+            let (_, step_ms) = elapsed_ms(device, || drop(run.step(&batch, &targets, lr)));
             if round > 0 {
-                // The quantization row is already inside the forward phases.
-                sums[i].push(phases[..rows - 1].iter().sum::<f64>());
+                sums[i].push(phases.iter().sum::<f64>());
                 for (row, t) in phases.into_iter().enumerate() {
                     phase_times[row][i].push(t);
                 }

@@ -10,6 +10,7 @@ use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::{ImageBatch, ImageTarget};
 use crate::eval::EvalReport;
 use crate::fsutil::{remove_stale_temp_files, write_atomic};
+use crate::nn::FlatParameters;
 use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
 use crate::train::determinism::{seed_torch, set_deterministic, stream_seed};
@@ -138,6 +139,8 @@ struct PreparedRun {
 struct TrainingState {
     vs: VarStore,
     model: FasterRcnn,
+    /// The trainable variables in flat buffers: one quantization pass per step.
+    params: FlatParameters,
     sgd: Sgd,
     start_iteration: usize,
     train_seconds: f64,
@@ -203,30 +206,34 @@ fn build_training(run: &PreparedRun) -> Result<TrainingState> {
         run.device,
         run.resume_state.is_none(),
     )?;
-    let mut sgd = Sgd::new(vs.variables(), cfg.train.momentum, cfg.train.weight_decay);
-    let (start_iteration, train_seconds) = match &run.resume_state {
+    // Weights are in place before they move into the flat buffers (frozen layers are
+    // quantized once, from the loaded values).
+    let (start_iteration, train_seconds, momentum) = match &run.resume_state {
         Some(state) => {
             let momentum = checkpoint::load_weights(
                 &checkpoint::checkpoint_dir(&run.run_dir).join(&state.weights),
                 &vs,
             )?;
-            sgd.load_state(momentum)?;
             tracing::info!(
                 "resumed {} at iteration {}",
                 run.run_dir.display(),
                 state.iteration
             );
-            (state.iteration, state.train_seconds)
+            (state.iteration, state.train_seconds, momentum)
         }
         None => {
             clear_run(&run.run_dir)?;
             write_atomic(&run.run_dir.join("config.yaml"), cfg.to_yaml()?.as_bytes())?;
-            (0, 0.0)
+            (0, 0.0, Vec::new())
         }
     };
+    let params = FlatParameters::new(vs.variables(), &model.registry)?;
+    let mut sgd = Sgd::new(&params, cfg.train.momentum, cfg.train.weight_decay);
+    sgd.load_state(momentum)?;
     Ok(TrainingState {
         vs,
         model,
+        params,
         sgd,
         start_iteration,
         train_seconds,
@@ -265,6 +272,7 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
             });
         }
         let batch = ImageBatch::new(&images, scales);
+        let quantized = state.params.quantize_weights();
         let losses = state.model.losses(&batch, &targets);
         let total = losses.total();
         let total_value = total.double_value(&[]);
@@ -280,6 +288,7 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
         }
         state.sgd.zero_grad();
         total.backward();
+        drop(quantized);
         if t.clip_grad_norm > 0.0 {
             state.sgd.clip_grad_norm(t.clip_grad_norm);
         }
