@@ -7,7 +7,7 @@ use lbwnet::detect::anchors::{base_anchors, grid_anchors};
 use lbwnet::detect::box_coder::BoxCoder;
 use lbwnet::detect::box_ops::{box_area, box_iou, clip_boxes_to_image, remove_small_boxes};
 use lbwnet::detect::matcher::Matcher;
-use lbwnet::detect::nms::{batched_nms, batched_nms_top_k, nms, nms_top_k};
+use lbwnet::detect::nms::{batched_nms, batched_nms_top_k, nms, nms_top_k, suppression_mask_nms};
 use lbwnet::detect::roi_align::roi_align;
 use lbwnet::detect::roi_pool::roi_pool;
 use lbwnet::detect::sampler::BalancedSampler;
@@ -146,6 +146,13 @@ fn nms_matches_torchvision_including_ties_and_threshold_equality() {
         let keep = nms(&boxes, &scores, threshold);
         assert_eq!(keep.device(), boxes.device());
         assert_eq!(indices(&keep), expected, "nms threshold {threshold}");
+        // The device path (the suppression mask), run here whatever the device.
+        let by_mask = suppression_mask_nms(&boxes, &scores, None, threshold, None);
+        assert_eq!(
+            indices(&by_mask),
+            expected,
+            "mask nms threshold {threshold}"
+        );
         for cap in [
             0,
             1,
@@ -160,6 +167,8 @@ fn nms_matches_torchvision_including_ties_and_threshold_equality() {
                 expected[..cap.min(expected.len())],
                 "nms_top_k {cap} at {threshold}"
             );
+            let capped = suppression_mask_nms(&boxes, &scores, None, threshold, Some(cap));
+            assert_eq!(indices(&capped), expected[..cap.min(expected.len())]);
         }
     }
     let none = nms(&boxes.narrow(0, 0, 0), &scores.narrow(0, 0, 0), 0.5);
@@ -203,6 +212,8 @@ fn batched_nms_matches_torchvision() {
             Some(100),
         ));
         assert_eq!(capped, expected[..100]);
+        let by_mask = suppression_mask_nms(&boxes, &scores, Some(&idxs), threshold, None);
+        assert_eq!(indices(&by_mask), expected, "mask path");
     }
 }
 

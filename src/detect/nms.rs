@@ -1,7 +1,10 @@
 //! Greedy non-maximum suppression, identical to torchvision's CPU `nms` kernel: boxes are
 //! visited by descending score (stable, so equal scores keep index order) and a box is
 //! dropped when its IoU with an already kept box is `> iou_threshold` (areas without `+1`,
-//! IoU computed in f32). Runs on the CPU over f32 copies; indices return on the input device.
+//! IoU computed in f32). CPU tensors run a greedy scan over host copies; on a GPU the
+//! pairwise suppression mask is computed on the device (the quadratic part), packed into
+//! bits, and only the cheap greedy scan over it runs on the host, as torchvision's CUDA
+//! kernel does. Both give the same indices. Indices return on the input device.
 use tch::{Device, Kind, Tensor};
 
 /// Indices (i64) of the boxes kept by NMS, by descending score.
@@ -44,6 +47,9 @@ fn run(
     max_keep: Option<usize>,
 ) -> Tensor {
     let device = boxes.device();
+    if device != Device::Cpu {
+        return suppression_mask_nms(boxes, scores, classes, iou_threshold, max_keep);
+    }
     let boxes = host_vec::<f32>(boxes, Kind::Float);
     let scores = host_vec::<f32>(scores, Kind::Float);
     let classes = classes.map(|c| host_vec::<i64>(c, Kind::Int64));
@@ -55,6 +61,123 @@ fn run(
         max_keep.unwrap_or(usize::MAX),
     );
     Tensor::from_slice(&keep).to_device(device)
+}
+
+/// Rows of the suppression mask computed per device pass: bounds its temporaries to
+/// `ROW_CHUNK * N` elements each (12000 proposals: 96 MB per f32 temporary).
+const ROW_CHUNK: i64 = 2048;
+
+/// NMS through the pairwise suppression mask, as tensor ops on the boxes' device: boxes in
+/// descending score order (stable), `mask[i][j]` = box i suppresses box j (IoU with the
+/// CPU kernel's f32 operations and `std::max` / `std::min` semantics, same class), packed
+/// 8 columns a byte and copied to the host, where the greedy scan keeps a box unless a
+/// kept one suppresses it. The same result as the CPU path; the device path of [`nms`],
+/// public so that tests run it on the CPU too.
+pub fn suppression_mask_nms(
+    boxes: &Tensor,
+    scores: &Tensor,
+    classes: Option<&Tensor>,
+    iou_threshold: f64,
+    max_keep: Option<usize>,
+) -> Tensor {
+    let device = boxes.device();
+    let n = scores.numel() as i64;
+    assert_eq!(
+        boxes.size(),
+        [n, 4],
+        "nms: boxes must be [N, 4] with N = scores.len()"
+    );
+    let max_keep = max_keep.unwrap_or(usize::MAX);
+    if n == 0 || max_keep == 0 {
+        return Tensor::zeros([0], (Kind::Int64, device));
+    }
+    let (_, order) = scores
+        .detach()
+        .to_kind(Kind::Float)
+        .sort_stable(true, 0, true);
+    let sorted = boxes.detach().to_kind(Kind::Float).index_select(0, &order);
+    let class = classes.map(|c| c.to_kind(Kind::Int64).index_select(0, &order));
+    let (x1, y1, x2, y2) = (
+        sorted.select(1, 0),
+        sorted.select(1, 1),
+        sorted.select(1, 2),
+        sorted.select(1, 3),
+    );
+    let area = (&x2 - &x1) * (&y2 - &y1);
+    let threshold = f64::from(f32_threshold(iou_threshold));
+    let columns = (n + 7) / 8 * 8;
+    let bit_values = Tensor::from_slice(&[1u8, 2, 4, 8, 16, 32, 64, 128]).to_device(device);
+    let mut packed_rows = Vec::new();
+    for start in (0..n).step_by(ROW_CHUNK as usize) {
+        let rows = ROW_CHUNK.min(n - start);
+        let row = |t: &Tensor| t.narrow(0, start, rows).unsqueeze(1);
+        let col = |t: &Tensor| t.unsqueeze(0);
+        // Row box i is the kept one (`a` in the CPU kernel), column box j the candidate.
+        let w =
+            positive_part(&(tensor_min(&row(&x2), &col(&x2)) - tensor_max(&row(&x1), &col(&x1))));
+        let h =
+            positive_part(&(tensor_min(&row(&y2), &col(&y2)) - tensor_max(&row(&y1), &col(&y1))));
+        let inter = w * h;
+        let iou = &inter / (row(&area) + col(&area) - &inter);
+        let mut suppresses = iou.gt(threshold);
+        if let Some(class) = &class {
+            suppresses = suppresses.logical_and(&row(class).eq_tensor(&col(class)));
+        }
+        let padded = suppresses.constant_pad_nd([0, columns - n]);
+        let packed = (padded.view([rows, columns / 8, 8]).to_kind(Kind::Uint8) * &bit_values)
+            .sum_dim_intlist(2, false, Kind::Uint8);
+        packed_rows.push(packed);
+    }
+    let mask = Vec::<u8>::try_from(
+        Tensor::cat(&packed_rows, 0)
+            .to_device(Device::Cpu)
+            .view([-1]),
+    )
+    .expect("nms: suppression mask is u8");
+    let order = host_vec::<i64>(&order, Kind::Int64);
+    let keep = scan_suppression_mask(&mask, (columns / 8) as usize, &order, max_keep);
+    Tensor::from_slice(&keep).to_device(device)
+}
+
+/// The greedy scan over a packed suppression mask (`row_bytes` bytes a row, rows and
+/// columns in score order): keeps `order[i]` unless a kept box's row has bit i set.
+fn scan_suppression_mask(
+    mask: &[u8],
+    row_bytes: usize,
+    order: &[i64],
+    max_keep: usize,
+) -> Vec<i64> {
+    let mut removed = vec![0u8; row_bytes];
+    let mut keep = Vec::new();
+    for (i, &index) in order.iter().enumerate() {
+        if keep.len() >= max_keep {
+            break;
+        }
+        if removed[i / 8] & (1 << (i % 8)) != 0 {
+            continue;
+        }
+        keep.push(index);
+        let row = &mask[i * row_bytes..(i + 1) * row_bytes];
+        for (r, m) in removed.iter_mut().zip(row) {
+            *r |= m;
+        }
+    }
+    keep
+}
+
+/// `std::max(a, b)` element-wise: `a < b ? b : a` (NaN operands as in the CPU kernel).
+fn tensor_max(a: &Tensor, b: &Tensor) -> Tensor {
+    b.where_self(&a.lt_tensor(b), a)
+}
+
+/// `std::min(a, b)` element-wise: `b < a ? b : a`.
+fn tensor_min(a: &Tensor, b: &Tensor) -> Tensor {
+    b.where_self(&b.lt_tensor(a), a)
+}
+
+/// `std::max(0, x)`: `0 < x ? x : 0`.
+fn positive_part(x: &Tensor) -> Tensor {
+    x.where_scalarother(&x.gt(0.0), 0.0)
 }
 
 /// The tensor's values as a flat host vector of `kind`.
@@ -239,6 +362,34 @@ mod tests {
         assert!(all.len() > 3);
         for cap in 0..all.len() {
             assert_eq!(greedy_nms(&boxes, &scores, None, 0.4, cap), all[..cap]);
+        }
+    }
+
+    /// The device path (suppression mask, several row chunks) keeps exactly what the greedy
+    /// CPU scan keeps, with and without classes and caps, on clustered boxes with ties.
+    #[test]
+    fn suppression_mask_path_equals_the_greedy_scan() {
+        tch::manual_seed(9);
+        let n = 2500;
+        let opts = (Kind::Float, Device::Cpu);
+        let centres = (Tensor::rand([n, 2], opts) * 60.0).round();
+        let sizes = Tensor::rand([n, 2], opts) * 30.0 + 1.0;
+        let boxes = Tensor::cat(&[&centres - &sizes, &centres + &sizes], 1);
+        // Rounded scores: many ties, which both paths break by index.
+        let scores = (Tensor::rand([n], opts) * 50.0).round();
+        let classes = Tensor::randint(3, [n], (Kind::Int64, Device::Cpu));
+        for threshold in [0.3, 0.5, 0.7] {
+            for cap in [None, Some(7), Some(300)] {
+                let greedy = run(&boxes, &scores, None, threshold, cap);
+                let mask = suppression_mask_nms(&boxes, &scores, None, threshold, cap);
+                assert!(greedy.equal(&mask), "threshold {threshold}, cap {cap:?}");
+                let greedy = run(&boxes, &scores, Some(&classes), threshold, cap);
+                let mask = suppression_mask_nms(&boxes, &scores, Some(&classes), threshold, cap);
+                assert!(
+                    greedy.equal(&mask),
+                    "classes, threshold {threshold}, cap {cap:?}"
+                );
+            }
         }
     }
 }
