@@ -253,16 +253,8 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
             "| phase | float ms | {}-bit ms | float % | {}-bit % |\n|:--|--:|--:|--:|--:|",
             b.bits, b.bits
         );
-        let phases = b.phases.len();
-        for (i, p) in b.phases.iter().enumerate() {
-            // The last row (quantization) is part of the forward rows, not added to them.
-            let share = |ms: f64, sum: f64| {
-                if i + 1 == phases {
-                    format!("({:.1})", 100.0 * ms / sum)
-                } else {
-                    format!("{:.1}", 100.0 * ms / sum)
-                }
-            };
+        for p in &b.phases {
+            let share = |ms: f64, sum: f64| format!("{:.1}", 100.0 * ms / sum);
             println!(
                 "| {}{} | {:.1} | {:.1} | {} | {} |",
                 p.phase,
@@ -282,7 +274,7 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
             b.float_step_ms, b.quantized_step_ms
         );
         println!(
-            "\n* by difference of two timed sections (RPN head = RPN forward without targets - proposal layer; RPN loss = RPN forward with targets - without; box head = head loss - RoI pooling). Backward is timed in two parts only (heads, trunk): per-layer backward would need autograd hooks. The quantization row times Q(W) of every quantized weight on its own; that work is inside the forward rows."
+            "\n* by difference of two timed sections (RPN head = RPN forward without targets - proposal layer; RPN loss = RPN forward with targets - without; box head = head loss - RoI pooling). Backward is timed in two parts only (heads, trunk): per-layer backward would need autograd hooks. The quantization pass runs before the forward, as in training, so the forward rows use its Q(W)."
         );
         return Ok(());
     }

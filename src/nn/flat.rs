@@ -10,6 +10,7 @@
 //! them): only their storage moves into the buffers, so loading a checkpoint, saving one
 //! and evaluating work as before.
 use crate::nn::qlayers::{QuantRegistry, QuantSlot};
+use crate::quant::flat::aligned;
 use crate::quant::{FlatSegments, QuantSpec};
 use anyhow::{bail, Result};
 use std::cell::OnceCell;
@@ -246,8 +247,9 @@ fn check_uniform(variables: &BTreeMap<String, Tensor>) -> Result<Device> {
     Ok(device.unwrap_or(Device::Cpu))
 }
 
-/// Copies the variables `names` into one flat buffer and makes each a view of it, with a
-/// gradient that is a view of a zeroed buffer of the same layout.
+/// Copies the variables `names` into one flat buffer (each at an [`aligned`] offset, zeros
+/// between) and makes each a view of it, with a gradient that is a view of a zeroed buffer
+/// of the same layout.
 fn flatten(
     names: &[String],
     variables: &BTreeMap<String, Tensor>,
@@ -263,7 +265,8 @@ fn flatten(
             offset,
             shape,
         };
-        offset += member.numel();
+        // Every variable at an aligned offset, as its own allocation would be.
+        offset += aligned(member.numel());
         members.push(member);
     }
     let values = Tensor::zeros([offset], (Kind::Float, device));

@@ -1,7 +1,7 @@
 //! The quantizer benchmark behind `lbwnet bench quantize` and `cargo bench`: every method
 //! on a ResNet-50-shaped set of weight tensors, as medians of repeated runs, against a
 //! plain copy of the same tensors (the memory-bound floor) and one full sort of them.
-use super::{quantize, Method, QuantSpec};
+use super::{quantize, FlatSegments, Method, QuantSpec};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -182,6 +182,27 @@ pub fn bench_quantizers(options: &BenchOptions) -> Result<BenchReport> {
             goal_met,
         });
     }
+    // lbw over the same tensors as one flat pass (what training runs each step).
+    let spec = QuantSpec::new(Method::Lbw, options.bits, None)?;
+    let lengths: Vec<i64> = weights.iter().map(|w| w.numel() as i64).collect();
+    let segments = FlatSegments::new(spec, lengths, options.device)?;
+    let flat = Tensor::cat(
+        &weights.iter().map(|w| w.reshape([-1])).collect::<Vec<_>>(),
+        0,
+    );
+    let mut out = flat.empty_like();
+    let ms = median_ms(repeats, options.device, || {
+        segments.quantize_into(&flat, &mut out)
+    });
+    rows.push(BenchRow {
+        name: "lbw flat pass".into(),
+        bits: Some(options.bits),
+        median_ms: ms,
+        vs_copy: ms / copy_ms,
+        vs_sort: ms / sort_ms,
+        goal: None,
+        goal_met: None,
+    });
     Ok(BenchReport {
         device: format!("{:?}", options.device),
         threads: tch::get_num_threads(),

@@ -7,41 +7,61 @@
 //! segments (segmented reductions for the scales, one element-wise pass for the values).
 //! On the CPU the fused kernels run segment by segment. The other methods quantize each
 //! segment on its own.
+//!
+//! Each segment starts at a multiple of [`ALIGN`] entries (64 bytes), as a separately
+//! allocated tensor would: convolution kernels run slower on weights at odd addresses. The
+//! padding between segments holds zeros, which change no maximum and no sum, and the means
+//! divide by the segments' own sizes.
 use super::{baselines, cpu, lbw, levels, quantize, Method, QuantSpec};
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
+
+/// Entries a segment's start is a multiple of in a flat buffer.
+pub const ALIGN: i64 = 16;
+
+/// `numel` rounded up to a multiple of [`ALIGN`]: what a tensor takes in a flat buffer.
+pub fn aligned(numel: i64) -> i64 {
+    (numel + ALIGN - 1) / ALIGN * ALIGN
+}
 
 /// Where the tensors of one spec lie in a flat buffer, and their quantizer.
 #[derive(Debug)]
 pub struct FlatSegments {
     spec: QuantSpec,
-    /// Entries per segment, in buffer order (the segments are contiguous and start at 0).
-    lengths: Vec<i64>,
-    /// The lengths on the buffer's device (int64), for the segmented reductions.
-    lengths_tensor: Tensor,
-    /// The lengths as float64 on the device: the denominators of the means.
+    /// Weights per segment, in buffer order.
+    numels: Vec<i64>,
+    /// Entries per segment with its padding ([`aligned`]); the segments lie back to back
+    /// from the start of the buffer.
+    extents: Vec<i64>,
+    /// The extents on the buffer's device (int64), for the segmented reductions.
+    extents_tensor: Tensor,
+    /// The weights per segment as float64 on the device: the denominators of the means.
     counts: Tensor,
     total: i64,
 }
 
 impl FlatSegments {
-    /// Segments of `lengths` entries each, back to back from the start of a flat float32
-    /// buffer on `device`, quantized by `spec`.
-    pub fn new(spec: QuantSpec, lengths: Vec<i64>, device: Device) -> Result<Self> {
-        for &len in &lengths {
+    /// Segments of `numels` weights each, laid out from the start of a flat float32 buffer
+    /// on `device` at [`aligned`] extents (zeros between them), quantized by `spec`.
+    pub fn new(spec: QuantSpec, numels: Vec<i64>, device: Device) -> Result<Self> {
+        for &numel in &numels {
             ensure!(
-                (0..=lbw::MAX_EXACT_SUM_LEN).contains(&len),
-                "a quantized tensor of {len} weights: at most {} are supported",
+                (0..=lbw::MAX_EXACT_SUM_LEN).contains(&numel),
+                "a quantized tensor of {numel} weights: at most {} are supported",
                 lbw::MAX_EXACT_SUM_LEN
             );
         }
-        let lengths_tensor = Tensor::from_slice(&lengths).to_device(device);
-        let counts = lengths_tensor.to_kind(Kind::Double);
+        let extents: Vec<i64> = numels.iter().map(|&n| aligned(n)).collect();
+        let extents_tensor = Tensor::from_slice(&extents).to_device(device);
+        let counts = Tensor::from_slice(&numels)
+            .to_device(device)
+            .to_kind(Kind::Double);
         Ok(FlatSegments {
             spec,
-            total: lengths.iter().sum(),
-            lengths,
-            lengths_tensor,
+            total: extents.iter().sum(),
+            numels,
+            extents,
+            extents_tensor,
             counts,
         })
     }
@@ -50,14 +70,15 @@ impl FlatSegments {
         &self.spec
     }
 
-    /// Entries in all segments together.
+    /// Entries in all segments together, padding included.
     pub fn total(&self) -> i64 {
         self.total
     }
 
     /// Writes `Q(segment)` for every segment of `values` (1-D float32, exactly the
-    /// segments) into `out` (1-D float32 of the same size and device): bit for bit what
-    /// [`quantize`] gives each segment.
+    /// segments with their padding, which must be zero) into `out` (1-D float32 of the same
+    /// size and device; its padding becomes zero): bit for bit what [`quantize`] gives each
+    /// segment.
     pub fn quantize_into(&self, values: &Tensor, out: &mut Tensor) {
         assert_eq!(values.size(), [self.total], "flat buffer size");
         assert_eq!(out.size(), [self.total], "flat output size");
@@ -80,8 +101,9 @@ impl FlatSegments {
         let weights = cpu::slice::<f32>(&values);
         let outputs = cpu::slice_mut::<f32>(out);
         let mut start = 0;
-        for &len in &self.lengths {
-            let range = start..start + len as usize;
+        for (&numel, &extent) in self.numels.iter().zip(&self.extents) {
+            // The padding is zero: part of the sums and maxima, and quantized to zero.
+            let range = start..start + extent as usize;
             start = range.end;
             let segment = &weights[range.clone()];
             if segment.is_empty() {
@@ -89,7 +111,7 @@ impl FlatSegments {
             }
             let alpha = match self.spec.method {
                 Method::Lbw => {
-                    lbw::scale_from_sum(lbw::exact_sum_abs(segment), self.spec.c, segment.len())
+                    lbw::scale_from_sum(lbw::exact_sum_abs(segment), self.spec.c, numel as usize)
                 }
                 _ => baselines::pow2_scale_of_max_f32(lbw::max_abs(segment)),
             };
@@ -104,29 +126,30 @@ impl FlatSegments {
         let alpha = match self.spec.method {
             Method::Lbw => lbw::scaled_mean_abs_segments(
                 &magnitudes,
-                &self.lengths_tensor,
+                &self.extents_tensor,
                 &self.counts,
                 self.spec.c,
             ),
             _ => baselines::pow2_scale_of_max(&lbw::segment_reduce(
                 &magnitudes,
                 "max",
-                &self.lengths_tensor,
+                &self.extents_tensor,
             )),
         };
-        let per_weight = alpha.repeat_interleave_self_tensor(&self.lengths_tensor, 0, self.total);
+        let per_weight = alpha.repeat_interleave_self_tensor(&self.extents_tensor, 0, self.total);
         levels::pow2_values_tensor(values, &per_weight, self.spec.levels().max_code())
     }
 
     /// The methods without a segmented form: [`quantize`] per segment.
     fn each_segment(&self, values: &Tensor, out: &mut Tensor) {
+        let _ = out.zero_();
         let mut start = 0;
-        for &len in &self.lengths {
-            if len > 0 {
-                let q = quantize(&values.narrow(0, start, len), &self.spec);
-                out.narrow(0, start, len).copy_(&q);
+        for (&numel, &extent) in self.numels.iter().zip(&self.extents) {
+            if numel > 0 {
+                let q = quantize(&values.narrow(0, start, numel), &self.spec);
+                out.narrow(0, start, numel).copy_(&q);
             }
-            start += len;
+            start += extent;
         }
     }
 }
@@ -150,10 +173,15 @@ mod tests {
             Tensor::randn([300], opts) * 4.0,
         ];
         let lengths: Vec<i64> = parts.iter().map(|p| p.numel() as i64).collect();
-        let flat = Tensor::cat(
-            &parts.iter().map(|p| p.reshape([-1])).collect::<Vec<_>>(),
-            0,
-        );
+        // Each part at its aligned offset, zeros between.
+        let padded: Vec<Tensor> = parts
+            .iter()
+            .map(|p| {
+                let n = p.numel() as i64;
+                p.reshape([-1]).constant_pad_nd([0, aligned(n) - n])
+            })
+            .collect();
+        let flat = Tensor::cat(&padded, 0);
         let mut specs = vec![
             QuantSpec::new(Method::Ternary, 2, None).unwrap(),
             QuantSpec::new(Method::Twn, 2, None).unwrap(),
@@ -185,7 +213,9 @@ mod tests {
                             bits_equal(&got, &expected),
                             "{spec:?}, tensor ops {tensor_ops}: segment of {len} differs"
                         );
-                        start += len;
+                        let padding = out.narrow(0, start + len, aligned(len) - len);
+                        assert_eq!(padding.count_nonzero(None).int64_value(&[]), 0);
+                        start += aligned(len);
                     }
                 });
             }

@@ -2,13 +2,15 @@
 //! `alpha = c * mean|W|`, then every weight goes to its nearest level of `alpha * Q_b`
 //! (`levels::pow2_codes`).
 //!
-//! The sum behind the mean is exact up to a fixed truncation, so it does not depend on the
+//! The sum behind the mean is exact up to a fixed rounding, so it does not depend on the
 //! order of the additions: the CPU's blocked loop, a CUDA reduction and a segmented reduction
 //! over many layers at once all give the same alpha. With `2^E` the power of two just above
-//! max|W|, each |w| is cut into [`LIMBS`] integer limbs of [`LIMB_BITS`] bits
-//! (`|w| * 2^(LIMB_BITS - E)`, its integer part, then the next bits of the fraction); every
-//! partial sum of a limb is an integer below 2^53 for up to [`MAX_EXACT_SUM_LEN`] weights, so
-//! float64 adds them exactly in any order. What is cut off lies below `max|W| * 2^-44`.
+//! max|W|, each |w| is rounded to a multiple of `2^(E - 44)` and split into [`LIMBS`] integer
+//! limbs of about [`LIMB_BITS`] bits (`|w| * 2^(LIMB_BITS - E)` rounded, then the rounded
+//! remainder times `2^LIMB_BITS`); every partial sum of a limb is an integer below 2^53 for
+//! up to [`MAX_EXACT_SUM_LEN`] weights, so float64 adds them exactly in any order. The
+//! rounding moves each |w| by at most `max|W| * 2^-45`. The CPU kernel sums the same rounded
+//! values as 44-bit integers.
 use super::cpu;
 use tch::{Kind, Tensor};
 
@@ -74,7 +76,9 @@ fn sum_abs_segments(magnitudes: &Tensor, lengths: &Tensor) -> Tensor {
     let mut rest = magnitudes.to_kind(Kind::Double) * scale;
     let mut sum = Tensor::zeros_like(&max).to_kind(Kind::Double);
     for limb in 0..LIMBS {
-        let whole = rest.floor();
+        // Half to even, as the CPU kernel; the high limb times 2^22 is even, so the limbs
+        // add up to the rounded 44-bit value.
+        let whole = rest.round();
         let limb_sum = segment_reduce(&whole, "sum", lengths);
         let weight = power_of_two(&(&exponent - i64::from(LIMB_BITS) * (limb as i64 + 1)));
         sum += limb_sum * weight;
@@ -113,7 +117,7 @@ fn frexp_exponent(x: f32) -> i32 {
     (((f64::from(x).to_bits() >> 52) & 0x7ff) as i32) - 1022
 }
 
-/// Σ|w| with the truncation described in the module docs; max|w| if that is not finite.
+/// Σ|w| with the rounding described in the module docs; max|w| if that is not finite.
 pub(crate) fn exact_sum_abs(values: &[f32]) -> f64 {
     assert!(
         values.len() as i64 <= MAX_EXACT_SUM_LEN,
@@ -122,51 +126,90 @@ pub(crate) fn exact_sum_abs(values: &[f32]) -> f64 {
     );
     let max = cpu::map_blocks(values.len(), |range| max_abs(&values[range]))
         .into_iter()
-        .fold(0.0, nan_max);
+        .fold(0.0f32, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f32::NAN
+            } else {
+                a.max(b)
+            }
+        });
     if !max.is_finite() {
         return f64::from(max);
     }
     let exponent = frexp_exponent(max);
-    let scale = power_of_two_f64(LIMB_BITS - exponent);
-    let limb_sums = cpu::map_blocks(values.len(), |range| limb_sums(&values[range], scale))
-        .into_iter()
-        .fold([0.0; LIMBS], |acc, block| {
-            std::array::from_fn(|limb| acc[limb] + block[limb])
-        });
-    (0..LIMBS).fold(0.0, |sum, limb| {
-        sum + limb_sums[limb] * power_of_two_f64(exponent - LIMB_BITS * (limb as i32 + 1))
+    let total: u128 = cpu::map_blocks(values.len(), |range| {
+        fixed_point_sum(&values[range], exponent)
     })
+    .into_iter()
+    .map(u128::from)
+    .sum();
+    // The tensor path adds its two exact limb sums in float64: one rounding of this same
+    // integer, scaled by a power of two (exact).
+    total as f64 * power_of_two_f64(exponent - 2 * LIMB_BITS)
 }
 
-/// The larger of two magnitudes; NaN wins, as in the tensor path's max.
-fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b > a || b.is_nan() {
-        b
-    } else {
-        a
-    }
-}
-
-/// max|x|; NaN if any entry is NaN (as a tensor max).
+/// max|x|; NaN if any entry is NaN (as a tensor max). Eight lanes of selects and a NaN
+/// flag per lane, so the loop vectorizes.
+#[inline(always)]
 pub(crate) fn max_abs(values: &[f32]) -> f32 {
-    values.iter().fold(0.0, |max, x| nan_max(max, x.abs()))
-}
-
-/// Per limb, the sum of that limb of `|x| * scale` over `values`: integers, so the float64
-/// sums are exact (a block is far below 2^31 entries).
-fn limb_sums(values: &[f32], scale: f64) -> [f64; LIMBS] {
-    let mut sums = [0.0; LIMBS];
-    for &x in values {
-        let mut rest = f64::from(x.abs()) * scale;
-        for (limb, sum) in sums.iter_mut().enumerate() {
-            let whole = rest.floor();
-            *sum += whole;
-            if limb + 1 < LIMBS {
-                rest = (rest - whole) * power_of_two_f64(LIMB_BITS);
-            }
+    const LANES: usize = 8;
+    let mut max = [0.0f32; LANES];
+    let mut nan = [0u32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut step = |lane: usize, x: f32| {
+        let m = x.abs();
+        nan[lane] |= u32::from(m.to_bits() > f32::INFINITY.to_bits());
+        max[lane] = if m > max[lane] { m } else { max[lane] };
+    };
+    for chunk in chunks {
+        for (lane, &x) in chunk.iter().enumerate() {
+            step(lane, x);
         }
     }
-    sums
+    for &x in tail {
+        step(0, x);
+    }
+    if nan.iter().any(|&n| n != 0) {
+        return f32::NAN;
+    }
+    max.into_iter().fold(0.0, f32::max)
+}
+
+/// Σ `round(|x| * 2^(2 * LIMB_BITS - exponent))` over `values` (all below `2^exponent`
+/// in magnitude; rounding half to even): the tensor path's two limbs as one integer below
+/// 2^44. Summed in float64, which is exact for a sub-block of 256 of them (below 2^52), so
+/// the loop vectorizes; the sub-block sums are added as integers.
+#[inline(always)]
+fn fixed_point_sum(values: &[f32], exponent: i32) -> u64 {
+    const LANES: usize = 8;
+    const SUB_BLOCK: usize = 256;
+    let scale = power_of_two_f64(2 * LIMB_BITS - exponent);
+    let mut total = 0u64;
+    for sub_block in values.chunks(SUB_BLOCK) {
+        let mut lanes = [0.0; LANES];
+        let chunks = sub_block.chunks_exact(LANES);
+        let tail: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| fixed_point(x, scale))
+            .sum();
+        for chunk in chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += fixed_point(x, scale);
+            }
+        }
+        total += (lanes.iter().sum::<f64>() + tail) as u64;
+    }
+    total
+}
+
+/// `round(|x| * scale)` (half to even) for `|x| * scale < 2^51`: adding and subtracting
+/// 2^52 rounds to an integer in the current (nearest-even) mode.
+#[inline(always)]
+fn fixed_point(x: f32, scale: f64) -> f64 {
+    const SHIFT: f64 = 4_503_599_627_370_496.0; // 2^52
+    (f64::from(x.abs()) * scale + SHIFT) - SHIFT
 }
 
 #[cfg(test)]
@@ -174,7 +217,7 @@ mod tests {
     use super::*;
     use tch::Device;
 
-    /// The exact sum is the float64 sum within its truncation, does not depend on the
+    /// The exact sum is the float64 sum within its rounding, does not depend on the
     /// order of the weights, and the tensor path (one segment or many) gives the same scale.
     #[test]
     fn exact_sum_is_order_independent_and_matches_the_tensor_path() {
