@@ -70,6 +70,7 @@ bench: build
 	scripts/bench-vs-torchvision.sh
 
 lint: setup
+	python3 scripts/check-layers.py
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
 

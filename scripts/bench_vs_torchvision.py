@@ -227,7 +227,7 @@ def quantize_all(model, bits, c, float_first_conv, float_predictors):
 
 
 def synthetic_batch(height, width, device):
-    """The same image size and boxes as src/train/bench.rs (the pixels differ)."""
+    """The same image size and boxes as src/bench/train_step.rs (the pixels differ)."""
     torch.manual_seed(0)
     image = torch.randn(1, 3, height, width, device=device)
     h, w = float(height), float(width)

@@ -3,11 +3,13 @@
 //! Defaults are py-faster-rcnn's end-to-end VOC settings (SPEC §2); a config file only
 //! needs what differs. Unknown keys are refused, and validation errors name the file, the
 //! key and what is allowed.
-pub use crate::data::synthetic::SyntheticConfig;
+pub mod synthetic;
+
 use crate::quant::{Method, FLOAT_BITS};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+pub use synthetic::SyntheticConfig;
 
 /// Output stride of every backbone's trunk.
 pub const TRUNK_STRIDE: i64 = 16;

@@ -5,11 +5,13 @@
 //! (the Faster R-CNN parts), `data` (VOC reading, transforms, loader, synthetic data),
 //! `eval` (VOC AP), `train` (loop, schedule, checkpoints), `experiments` (sweeps, tables),
 //! `deploy` (the packed model file and inference from it).
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod deploy;
 pub mod detect;
+pub mod draw;
 pub mod eval;
 pub mod experiments;
 pub mod fsutil;

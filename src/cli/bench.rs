@@ -1,8 +1,13 @@
 //! `lbwnet bench <target>`: benchmarks, one subcommand per target.
 use super::ConfigArgs;
-use crate::quant::bench::{bench_quantizers, BenchOptions};
+use crate::bench::breakdown::bench_breakdown;
+use crate::bench::detect::{bench_detect, DetectOptions};
+use crate::bench::loader::bench_loader;
+use crate::bench::quantizers::{bench_quantizers, BenchOptions};
+use crate::bench::train_step::{bench_train_step, TrainStepOptions};
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -129,94 +134,66 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
-fn run_detect(args: DetectBenchArgs) -> Result<()> {
-    let device = bench_device(args.device)?;
-    match args.threads {
+/// Prints `result` as one JSON line, or as `text` renders it.
+fn emit<T: Serialize>(result: &T, json: bool, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(result)?);
+    } else {
+        print!("{}", text(result));
+    }
+    Ok(())
+}
+
+/// `--threads N` when given (at least 1), else `fallback` (a config's `train.threads`).
+fn set_threads(explicit: Option<usize>, fallback: Option<usize>) -> Result<()> {
+    match explicit {
         Some(threads) => {
             ensure!(threads >= 1, "--threads must be at least 1");
             tch::set_num_threads(i32::try_from(threads)?);
         }
         None => {
-            if let Ok(cfg) =
-                crate::config::ExperimentConfig::load(&args.run.join("config.yaml"), &[])
-            {
-                crate::train::setup::configure_threads(cfg.train.threads);
+            if let Some(threads) = fallback {
+                crate::train::setup::configure_threads(threads);
             }
         }
     }
-    let t = crate::train::bench::bench_detect(
-        &args.run,
-        args.checkpoint.as_deref(),
-        args.model.as_deref(),
-        args.images,
-        args.repeats,
-        device,
-    )?;
-    if args.json {
-        println!("{}", serde_json::to_string(&t)?);
-        return Ok(());
-    }
-    let mb = |b: u64| b as f64 / 1e6;
-    println!(
-        "detect on {} test images, {} ({} thread(s)), medians of {} passes:\n",
-        t.images, t.device, t.threads, t.repeats
-    );
-    println!("| model | load ms | images/s | file |\n|:--|--:|--:|--:|");
-    println!(
-        "| training-time (checkpoint, quantize on forward) | {:.1} | {:.2} | {:.2} MB |",
-        t.training_load_ms,
-        t.training_images_per_s,
-        mb(t.checkpoint_bytes)
-    );
-    println!(
-        "| exported (packed codes, decoded at load) | {:.1} | {:.2} | {:.2} MB |",
-        t.exported_load_ms,
-        t.exported_images_per_s,
-        mb(t.model_file_bytes)
-    );
-    println!(
-        "\nexported / training-time: {:.3}x images/s; file {:.2}x smaller than the checkpoint, {:.2}x smaller than float32 weights ({:.2} MB); the table's storage figure {:.2} MB (file / figure {:.4}); identical detections: {}",
-        t.speedup,
-        t.checkpoint_bytes as f64 / t.model_file_bytes as f64,
-        t.float32_bytes as f64 / t.model_file_bytes as f64,
-        mb(t.float32_bytes),
-        mb(t.storage_bytes),
-        t.model_file_bytes as f64 / t.storage_bytes as f64,
-        if t.identical_detections { "yes" } else { "no" }
-    );
     Ok(())
+}
+
+fn run_detect(args: DetectBenchArgs) -> Result<()> {
+    let device = bench_device(args.device)?;
+    let run_threads = crate::config::ExperimentConfig::load(&args.run.join("config.yaml"), &[])
+        .ok()
+        .map(|cfg| cfg.train.threads);
+    set_threads(args.threads, run_threads)?;
+    let options = DetectOptions {
+        run: args.run,
+        checkpoint: args.checkpoint,
+        model: args.model,
+        images: args.images,
+        repeats: args.repeats,
+        device,
+    };
+    emit(&bench_detect(&options)?, args.json, |t| t.table())
 }
 
 fn run_loader(args: LoaderBenchArgs) -> Result<()> {
     let cfg = args.config.load()?;
-    cfg.check_data_path()?;
-    crate::data::synthetic::ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
-    let dataset = std::sync::Arc::new(crate::data::voc::VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.train_split,
-        cfg.data.classes.as_deref(),
-    )?);
-    let loader_cfg = crate::data::loader::LoaderConfig::from_data_config(&cfg.data, true, 0);
-    let threads = loader_cfg.threads;
-    let rate = crate::data::loader::bench_loader(dataset, loader_cfg, args.images)?;
-    println!(
-        "loader: {rate:.1} images/s ({} images of {}, {threads} decoding thread(s), min_size {}, max_size {})",
-        args.images,
-        cfg.data.root.display(),
-        cfg.data.min_size,
-        cfg.data.max_size
-    );
+    println!("{}", bench_loader(&cfg, args.images)?.summary());
     Ok(())
+}
+
+/// `HEIGHTxWIDTH`, both positive.
+fn parse_size(size: &str) -> Result<(i64, i64)> {
+    size.split_once('x')
+        .and_then(|(h, w)| Some((h.parse::<i64>().ok()?, w.parse::<i64>().ok()?)))
+        .filter(|&(h, w)| h > 0 && w > 0)
+        .with_context(|| format!("--size {size}: expected HEIGHTxWIDTH, e.g. 600x1000"))
 }
 
 fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
     let cfg = args.config.load()?;
-    let (height, width) = args
-        .size
-        .split_once('x')
-        .and_then(|(h, w)| Some((h.parse::<i64>().ok()?, w.parse::<i64>().ok()?)))
-        .filter(|&(h, w)| h > 0 && w > 0)
-        .with_context(|| format!("--size {}: expected HEIGHTxWIDTH, e.g. 600x1000", args.size))?;
+    let (height, width) = parse_size(&args.size)?;
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
     ensure!(
         args.lr.is_finite() && args.lr >= 0.0,
@@ -224,97 +201,24 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
         args.lr
     );
     let device = bench_device(args.device)?;
-    match args.threads {
-        Some(threads) => {
-            ensure!(threads >= 1, "--threads must be at least 1");
-            tch::set_num_threads(i32::try_from(threads)?);
-        }
-        None => crate::train::setup::configure_threads(cfg.train.threads),
-    }
-    if args.breakdown {
-        let b = crate::train::bench::bench_breakdown(
-            &cfg,
-            args.bits,
-            height,
-            width,
-            args.repeats,
-            device,
-            args.lr,
-        )?;
-        if args.json {
-            println!("{}", serde_json::to_string(&b)?);
-            return Ok(());
-        }
-        println!(
-            "train-step breakdown, {} {}x{} on {:?}, {} thread(s), lr {}, medians of {} instrumented steps:\n",
-            b.model, height, width, device, b.threads, b.lr, b.repeats
-        );
-        println!(
-            "| phase | float ms | {}-bit ms | float % | {}-bit % |\n|:--|--:|--:|--:|--:|",
-            b.bits, b.bits
-        );
-        for p in &b.phases {
-            let share = |ms: f64, sum: f64| format!("{:.1}", 100.0 * ms / sum);
-            println!(
-                "| {}{} | {:.1} | {:.1} | {} | {} |",
-                p.phase,
-                if p.derived { " *" } else { "" },
-                p.float_ms,
-                p.quantized_ms,
-                share(p.float_ms, b.float_sum_ms),
-                share(p.quantized_ms, b.quantized_sum_ms)
-            );
-        }
-        println!(
-            "| sum of phases | {:.1} | {:.1} | 100 | 100 |",
-            b.float_sum_ms, b.quantized_sum_ms
-        );
-        println!(
-            "| ordinary step, same rounds | {:.1} | {:.1} | | |",
-            b.float_step_ms, b.quantized_step_ms
-        );
-        println!(
-            "\n* by difference of two timed sections (RPN head = RPN forward without targets - proposal layer; RPN loss = RPN forward with targets - without; box head = head loss - RoI pooling). Backward is timed in two parts only (heads, trunk): per-layer backward would need autograd hooks. The quantization pass runs before the forward, as in training, so the forward rows use its Q(W)."
-        );
-        return Ok(());
-    }
-    let timing = crate::train::bench::bench_train_step(
-        &cfg,
-        args.bits,
+    set_threads(args.threads, Some(cfg.train.threads))?;
+    let options = TrainStepOptions {
+        bits: args.bits,
         height,
         width,
-        args.repeats,
+        repeats: args.repeats,
         device,
-        args.lr,
-    )?;
-    if args.json {
-        println!("{}", serde_json::to_string(&timing)?);
+        lr: args.lr,
+    };
+    if args.breakdown {
+        emit(&bench_breakdown(&cfg, &options)?, args.json, |b| {
+            b.table(device)
+        })
     } else {
-        let spread = |v: &[f64]| {
-            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            format!("{min:.1}-{max:.1}")
-        };
-        println!(
-            "train step, {} {}x{} on {:?}, {} thread(s): float {:.1} ms ({}), {}-bit {:.1} ms ({}), ratio {:.3} (medians of {}, min-max in parentheses); RoIs per step float {:?}, {}-bit {:?}",
-            timing.model,
-            height,
-            width,
-            device,
-            timing.threads,
-            timing.float_ms,
-            spread(&timing.float_steps_ms),
-            timing.bits,
-            timing.quantized_ms,
-            spread(&timing.quantized_steps_ms),
-            timing.ratio,
-            timing.repeats,
-            timing.float_rois,
-            timing.bits,
-            timing.quantized_rois
-        );
+        emit(&bench_train_step(&cfg, &options)?, args.json, |t| {
+            t.summary(device) + "\n"
+        })
     }
-    Ok(())
 }
 
 fn bench_device(choice: BenchDevice) -> Result<tch::Device> {
@@ -338,21 +242,12 @@ fn run_quantize(args: QuantizeBenchArgs) -> Result<()> {
         args.bits
     );
     let device = bench_device(args.device)?;
-    if let Some(threads) = args.threads {
-        ensure!(threads >= 1, "--threads must be at least 1");
-        tch::set_num_threads(i32::try_from(threads)?);
-    }
+    set_threads(args.threads, None)?;
     let options = BenchOptions {
         repeats: args.repeats,
         bits: args.bits,
         device,
         ..BenchOptions::default()
     };
-    let report = bench_quantizers(&options)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+    emit(&bench_quantizers(&options)?, args.json, |r| r.table())
 }

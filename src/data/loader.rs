@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// One image ready for the detector.
@@ -414,18 +413,6 @@ impl Drop for Loader {
             let _ = handle.join();
         }
     }
-}
-
-/// Loader throughput in images per second over `n` images (start-up included).
-pub fn bench_loader(dataset: Arc<VocDataset>, cfg: LoaderConfig, n: usize) -> Result<f64> {
-    let started = Instant::now();
-    let loader = Loader::new(dataset, cfg, 0, Some(n))?;
-    let mut loaded = 0usize;
-    for sample in loader {
-        sample?;
-        loaded += 1;
-    }
-    Ok(loaded as f64 / started.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]

@@ -5,6 +5,6 @@ pub mod synthetic;
 pub mod transforms;
 pub mod voc;
 
-pub use loader::{bench_loader, load_sample, Loader, LoaderConfig, Sample};
+pub use loader::{load_sample, Loader, LoaderConfig, Sample};
 pub use synthetic::{ensure_synthetic, SYNTHETIC_CLASSES};
 pub use voc::{VocAnnotation, VocDataset, VocObject, VOC_CLASSES};

@@ -8,14 +8,16 @@ use super::format::{
     CODES_SUFFIX, FORMAT, FORMAT_VERSION,
 };
 use crate::config::ExperimentConfig;
-use crate::quant::{pack, quantize_codes, storage_bytes, Method, FLOAT_BITS};
+use crate::detect::faster_rcnn::FasterRcnn;
+use crate::quant::{pack, quantize_codes, storage_bytes, Method, QuantSpec, FLOAT_BITS};
 use crate::train::checkpoint;
 use crate::train::setup::build_model;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::Dtype;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// What an export wrote.
@@ -84,6 +86,7 @@ fn checkpoint_state(weights: &Path) -> Option<checkpoint::CheckpointState> {
         .flatten()
 }
 
+/// The part of a run's `metrics.json` the model file records.
 #[derive(serde::Deserialize)]
 struct RunMetrics {
     map: f64,
@@ -91,9 +94,53 @@ struct RunMetrics {
     iterations: usize,
 }
 
+/// A run's model with a checkpoint's weights loaded, and where they came from.
+struct LoadedRun {
+    cfg: ExperimentConfig,
+    /// The checkpoint's weights file.
+    weights: PathBuf,
+    /// The iteration the checkpoint was saved at, when its state file says.
+    iteration: Option<usize>,
+    classes: Vec<String>,
+    vs: VarStore,
+    model: FasterRcnn,
+}
+
+/// The tensors a model file stores, with the parameter count and the sweep table's
+/// storage figure for them.
+struct EncodedTensors {
+    tensors: BTreeMap<String, RawTensor>,
+    params: u64,
+    storage: u64,
+}
+
 /// Exports `run_dir`'s latest checkpoint (or `checkpoint`: a state JSON or weights file
 /// of that run) to `out`, atomically.
 pub fn export_run(run_dir: &Path, checkpoint: Option<&Path>, out: &Path) -> Result<ExportSummary> {
+    let run = load_run(run_dir, checkpoint)?;
+    let metrics = finished_metrics(run_dir, run.iteration);
+    let specs = layer_specs(&run.model);
+    let variables = run.vs.variables();
+    let encoded = encode_tensors(&variables, &specs)?;
+    let layers = layer_metas(&run.model, &specs, &variables);
+    let meta = model_meta(run_dir, &run, metrics.as_ref(), layers, &encoded)?;
+    let file_bytes = write_model(&meta, &encoded.tensors, out)?;
+    Ok(ExportSummary {
+        path: out.to_path_buf(),
+        checkpoint: run.weights,
+        iteration: run.iteration,
+        map: meta.provenance.map,
+        quantized_layers: meta.layers.len(),
+        params: encoded.params,
+        file_bytes,
+        storage_bytes: encoded.storage,
+        float32_bytes: 4 * encoded.params,
+    })
+}
+
+/// Reads the run's config, resolves the checkpoint and builds the run's model (on the
+/// CPU, for the run's classes) with the checkpoint's weights loaded.
+fn load_run(run_dir: &Path, checkpoint: Option<&Path>) -> Result<LoadedRun> {
     let config_path = run_dir.join("config.yaml");
     if !config_path.is_file() {
         bail!(
@@ -112,67 +159,119 @@ pub fn export_run(run_dir: &Path, checkpoint: Option<&Path>, out: &Path) -> Resu
             classes.len()
         )
     })?;
+    Ok(LoadedRun {
+        cfg,
+        weights,
+        iteration,
+        classes,
+        vs,
+        model,
+    })
+}
 
-    // The run's mAP belongs to this checkpoint only if the run finished on it.
+/// The run's final metrics, when the run finished on the exported checkpoint (its mAP
+/// belongs to that checkpoint only); none when missing or unreadable.
+fn finished_metrics(run_dir: &Path, iteration: Option<usize>) -> Option<RunMetrics> {
     let metrics: Option<RunMetrics> = std::fs::read_to_string(run_dir.join("metrics.json"))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok());
-    let metrics = metrics.filter(|m| Some(m.iterations) == iteration);
+    metrics.filter(|m| Some(m.iterations) == iteration)
+}
 
-    let specs: BTreeMap<String, Option<crate::quant::QuantSpec>> = model
+/// Each registered layer's quantizer (none for a layer kept in float), by name.
+fn layer_specs(model: &FasterRcnn) -> BTreeMap<String, Option<QuantSpec>> {
+    model
         .registry
-        .with_layers(|layers| layers.iter().map(|l| (l.name.clone(), l.spec)).collect());
+        .with_layers(|layers| layers.iter().map(|l| (l.name.clone(), l.spec)).collect())
+}
+
+/// Every variable as the file stores it (see [`encode_variable`]), with the totals.
+fn encode_tensors(
+    variables: &HashMap<String, Tensor>,
+    specs: &BTreeMap<String, Option<QuantSpec>>,
+) -> Result<EncodedTensors> {
+    let mut encoded = EncodedTensors {
+        tensors: BTreeMap::new(),
+        params: 0,
+        storage: 0,
+    };
+    for (name, var) in variables {
+        encoded.params += var.numel() as u64;
+        let spec = specs.get(name).copied().flatten();
+        encoded.storage += encode_variable(name, var, spec, &mut encoded.tensors)?;
+    }
+    Ok(encoded)
+}
+
+/// Adds one variable to `tensors`: a quantized weight as its packed b-bit codes and f32
+/// alpha (quantized with `spec`), anything else as f32. Returns its storage figure.
+fn encode_variable(
+    name: &str,
+    var: &Tensor,
+    spec: Option<QuantSpec>,
+    tensors: &mut BTreeMap<String, RawTensor>,
+) -> Result<u64> {
+    let numel = var.numel() as u64;
+    let Some(spec) = spec else {
+        let values = f32_values(var)?;
+        tensors.insert(name.to_string(), RawTensor::f32(&var.size(), &values));
+        return Ok(storage_bytes(numel, FLOAT_BITS));
+    };
+    let q = tch::no_grad(|| quantize_codes(var, &spec));
+    let packed = pack(&q, spec.bits).with_context(|| format!("packing {name}"))?;
+    tensors.insert(
+        format!("{name}{CODES_SUFFIX}"),
+        RawTensor {
+            dtype: Dtype::U8,
+            shape: vec![packed.data.len()],
+            data: packed.data,
+        },
+    );
+    tensors.insert(
+        format!("{name}{ALPHA_SUFFIX}"),
+        RawTensor::f32(&[], &[packed.alpha]),
+    );
+    Ok(storage_bytes(numel, spec.bits))
+}
+
+/// The quantized layers in registration order: name, weight shape and bits.
+fn layer_metas(
+    model: &FasterRcnn,
+    specs: &BTreeMap<String, Option<QuantSpec>>,
+    variables: &HashMap<String, Tensor>,
+) -> Vec<LayerMeta> {
     let order: Vec<String> = model
         .registry
         .with_layers(|layers| layers.iter().map(|l| l.name.clone()).collect());
-    let mut tensors = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut params = 0u64;
-    let mut storage = 0u64;
-    let variables = vs.variables();
-    for (name, var) in &variables {
-        let numel = var.numel() as u64;
-        params += numel;
-        match specs.get(name).copied().flatten() {
-            Some(spec) => {
-                let q = tch::no_grad(|| quantize_codes(var, &spec));
-                let packed = pack(&q, spec.bits).with_context(|| format!("packing {name}"))?;
-                storage += storage_bytes(numel, spec.bits);
-                tensors.insert(
-                    format!("{name}{CODES_SUFFIX}"),
-                    RawTensor {
-                        dtype: Dtype::U8,
-                        shape: vec![packed.data.len()],
-                        data: packed.data,
-                    },
-                );
-                tensors.insert(
-                    format!("{name}{ALPHA_SUFFIX}"),
-                    RawTensor::f32(&[], &[packed.alpha]),
-                );
-            }
-            None => {
-                storage += storage_bytes(numel, FLOAT_BITS);
-                let values = f32_values(var)?;
-                tensors.insert(name.clone(), RawTensor::f32(&var.size(), &values));
-            }
-        }
-    }
-    for name in &order {
-        if let (Some(Some(spec)), Some(var)) = (specs.get(name), variables.get(name)) {
-            layers.push(LayerMeta {
-                name: name.clone(),
+    order
+        .into_iter()
+        .filter_map(|name| match (specs.get(&name), variables.get(&name)) {
+            (Some(Some(spec)), Some(var)) => Some(LayerMeta {
                 shape: var.size(),
                 bits: spec.bits,
-            });
-        }
-    }
+                name,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The file's header: format, the run's config, classes, input and quantizer settings,
+/// the quantized layers, provenance and totals (the checksum is filled in by `encode`).
+fn model_meta(
+    run_dir: &Path,
+    run: &LoadedRun,
+    metrics: Option<&RunMetrics>,
+    layers: Vec<LayerMeta>,
+    encoded: &EncodedTensors,
+) -> Result<ModelMeta> {
+    let cfg = &run.cfg;
     let spec = cfg.quant_spec()?;
-    let meta = ModelMeta {
+    Ok(ModelMeta {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
-        config: serde_json::to_value(&cfg)?,
-        classes,
+        config: serde_json::to_value(cfg)?,
+        classes: run.classes.clone(),
         input: InputMeta {
             normalization: cfg.data.normalization,
             min_size: cfg.data.min_size,
@@ -186,35 +285,36 @@ pub fn export_run(run_dir: &Path, checkpoint: Option<&Path>, out: &Path) -> Resu
             float_predictors: cfg.quant.float_predictors,
         }),
         layers,
-        provenance: Provenance {
-            run: run_dir.display().to_string(),
-            checkpoint: weights
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            iteration,
-            map: metrics.as_ref().map(|m| m.map),
-            metric: metrics.as_ref().map(|m| m.metric.clone()),
-            seed: cfg.train.seed,
-            lbwnet: env!("CARGO_PKG_VERSION").into(),
-        },
-        params,
-        storage_bytes: storage,
+        provenance: provenance(run_dir, run, metrics),
+        params: encoded.params,
+        storage_bytes: encoded.storage,
         crc32: 0,
-    };
-    let bytes = encode(&meta, &tensors)?;
-    crate::fsutil::write_atomic(out, &bytes)?;
-    Ok(ExportSummary {
-        path: out.to_path_buf(),
-        checkpoint: weights,
-        iteration,
-        map: meta.provenance.map,
-        quantized_layers: meta.layers.len(),
-        params,
-        file_bytes: bytes.len() as u64,
-        storage_bytes: storage,
-        float32_bytes: 4 * params,
     })
+}
+
+/// Where the model came from: the run, the checkpoint's file name and iteration, the
+/// run's final mAP when it belongs to this checkpoint, the seed and lbwnet's version.
+fn provenance(run_dir: &Path, run: &LoadedRun, metrics: Option<&RunMetrics>) -> Provenance {
+    Provenance {
+        run: run_dir.display().to_string(),
+        checkpoint: run
+            .weights
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        iteration: run.iteration,
+        map: metrics.map(|m| m.map),
+        metric: metrics.map(|m| m.metric.clone()),
+        seed: run.cfg.train.seed,
+        lbwnet: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Encodes the file and writes it to `out` atomically; returns its size.
+fn write_model(meta: &ModelMeta, tensors: &BTreeMap<String, RawTensor>, out: &Path) -> Result<u64> {
+    let bytes = encode(meta, tensors)?;
+    crate::fsutil::write_atomic(out, &bytes)?;
+    Ok(bytes.len() as u64)
 }
 
 /// A tensor's values as f32, in row-major order, on the host.

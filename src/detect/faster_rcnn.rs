@@ -92,7 +92,7 @@ impl FasterRcnn {
     }
 
     /// The trunk, the RPN and the RoI head, borrowed: a timing hook for `lbwnet bench
-    /// train-step --breakdown` (`train::bench::breakdown_step`), which runs the training
+    /// train-step --breakdown` (`bench::breakdown`), which runs the training
     /// pass phase by phase with wall-clock timers. Changes nothing.
     pub fn parts(&self) -> (&dyn ModuleT, &Rpn, &RoiHead) {
         (self.trunk.as_ref(), &self.rpn, &self.roi_head)

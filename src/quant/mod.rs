@@ -6,7 +6,6 @@
 //! for CPU tensors, as fused Rust loops, with no host round trip; only `exact` copies W
 //! to the CPU, where its solver runs.
 mod baselines;
-pub mod bench;
 mod cpu;
 pub mod exact;
 pub mod flat;

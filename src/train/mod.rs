@@ -1,6 +1,5 @@
 //! Training: the SGD optimizer with momentum buffers we can checkpoint, the learning-rate
 //! schedule, checkpoints, the training loop, and evaluation of a model on a split.
-pub mod bench;
 pub mod checkpoint;
 pub mod determinism;
 pub mod evaluate;

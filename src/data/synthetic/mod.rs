@@ -20,10 +20,8 @@
 mod raster;
 mod scene;
 mod shapes;
-mod spec;
 
-pub use shapes::{Shape, ALL_SHAPES, DEFAULT_SHAPES};
-pub use spec::SyntheticConfig;
+pub use crate::config::synthetic::{Shape, SyntheticConfig, ALL_SHAPES, DEFAULT_SHAPES};
 
 use super::voc::LABELS_FILE;
 use anyhow::{bail, Context, Result};

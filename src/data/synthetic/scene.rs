@@ -1,8 +1,7 @@
 //! Scene composition: where objects go, how they are drawn, what lies around them, and
 //! the visible box and difficult flag of each.
 use super::raster::{distance, paint_background, paint_distractor, random_colour, Canvas};
-use super::shapes::Shape;
-use super::spec::SyntheticConfig;
+use super::{Shape, SyntheticConfig};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::f32::consts::PI;

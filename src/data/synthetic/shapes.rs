@@ -1,92 +1,9 @@
-//! The shape classes: each one's name (its `labels.txt` entry), its geometry in the unit
-//! frame and how far it may turn.
-use serde::{Deserialize, Serialize};
+//! The shape classes' geometry in the unit frame and how far each may turn (the classes
+//! themselves and their names are configuration: `config::synthetic::Shape`).
+use crate::config::synthetic::Shape;
 use std::f32::consts::PI;
 
-/// One shape class. The first seven are the default set; the others are look-alikes of
-/// them for the harder benchmark preset (ellipse ~ circle, rounded square ~ square,
-/// pentagon ~ hexagon ~ octagon, six- ~ five-pointed star, thick ring ~ ring, thin cross ~
-/// cross).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Shape {
-    Circle,
-    Square,
-    Triangle,
-    /// Five-pointed star.
-    Star,
-    /// Plus sign with arms a third of the frame wide.
-    Cross,
-    /// Disc with a hole of 0.55 times its radius.
-    Ring,
-    Heart,
-    /// Axis ratio 0.6.
-    Ellipse,
-    /// Corner radius 0.4 of the half-side.
-    RoundedSquare,
-    Pentagon,
-    Hexagon,
-    Octagon,
-    /// Six-pointed star.
-    Star6,
-    /// Disc with a hole of 0.35 times its radius.
-    ThickRing,
-    /// Plus sign with arms under a fifth of the frame wide.
-    ThinCross,
-}
-
-/// The default data set's shapes, in `labels.txt` order.
-pub const DEFAULT_SHAPES: [Shape; 7] = [
-    Shape::Circle,
-    Shape::Square,
-    Shape::Triangle,
-    Shape::Star,
-    Shape::Cross,
-    Shape::Ring,
-    Shape::Heart,
-];
-
-/// Every shape, for tests and listings.
-pub const ALL_SHAPES: [Shape; 15] = [
-    Shape::Circle,
-    Shape::Square,
-    Shape::Triangle,
-    Shape::Star,
-    Shape::Cross,
-    Shape::Ring,
-    Shape::Heart,
-    Shape::Ellipse,
-    Shape::RoundedSquare,
-    Shape::Pentagon,
-    Shape::Hexagon,
-    Shape::Octagon,
-    Shape::Star6,
-    Shape::ThickRing,
-    Shape::ThinCross,
-];
-
 impl Shape {
-    /// The class name written to `labels.txt` and the annotations.
-    pub fn name(self) -> &'static str {
-        match self {
-            Shape::Circle => "circle",
-            Shape::Square => "square",
-            Shape::Triangle => "triangle",
-            Shape::Star => "star",
-            Shape::Cross => "cross",
-            Shape::Ring => "ring",
-            Shape::Heart => "heart",
-            Shape::Ellipse => "ellipse",
-            Shape::RoundedSquare => "rounded_square",
-            Shape::Pentagon => "pentagon",
-            Shape::Hexagon => "hexagon",
-            Shape::Octagon => "octagon",
-            Shape::Star6 => "star6",
-            Shape::ThickRing => "thick_ring",
-            Shape::ThinCross => "thin_cross",
-        }
-    }
-
     /// Largest rotation either way, in radians: hearts stay roughly upright, the rest
     /// turn freely.
     pub fn max_rotation(self) -> f32 {
@@ -187,6 +104,7 @@ fn inside_polygon(polygon: &[[f32; 2]], u: f32, v: f32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::synthetic::ALL_SHAPES;
 
     /// Share of the frame the shape fills and its mask, sampled on an n x n grid.
     fn mask(shape: Shape, n: usize) -> (f32, Vec<bool>) {

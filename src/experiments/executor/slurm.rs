@@ -92,71 +92,161 @@ pub fn submit(
     spec: &SlurmSpec,
     name: &str,
 ) -> Result<Submission> {
-    let workdir = std::env::current_dir().context("reading the working directory")?;
-    let slurm_dir = workdir.join(&jobs.results_dir).join("slurm");
-    let log_dir = slurm_dir.join("logs");
-    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-
-    let mut record = Submitted::load(&jobs.results_dir)?;
+    let dirs = SlurmDirs::create(&jobs.results_dir)?;
+    let record = Submitted::load(&jobs.results_dir)?;
     let recorded: Vec<String> = record.jobs.values().cloned().collect();
     let active = active_slurm_ids(&recorded)?;
-    let mut submission = Submission::default();
+    let mut submitter = Submitter {
+        jobs,
+        invocation,
+        spec,
+        name,
+        dirs,
+        record,
+        active,
+        submission: Submission::default(),
+    };
+    for float in jobs.jobs.iter().filter(|j| j.cell_index.is_none()) {
+        submitter.submit_seed(float)?;
+    }
+    submitter.record.save(&jobs.results_dir)?;
+    submitter.print_summary();
+    Ok(submitter.submission)
+}
 
-    let float_jobs: Vec<&SweepJob> = jobs
-        .jobs
-        .iter()
-        .filter(|j| j.cell_index.is_none())
-        .collect();
-    for float in float_jobs {
-        let seed = float.seed;
-        let cells: Vec<&SweepJob> = jobs
+/// Where `sbatch` runs the jobs (the submitting directory) and where their scripts and
+/// logs go (`<results>/slurm`, `<results>/slurm/logs`), as absolute paths.
+struct SlurmDirs {
+    workdir: PathBuf,
+    slurm: PathBuf,
+    logs: PathBuf,
+}
+
+impl SlurmDirs {
+    /// The directories for `results_dir`, creating the log directory (and its parents).
+    fn create(results_dir: &Path) -> Result<Self> {
+        let workdir = std::env::current_dir().context("reading the working directory")?;
+        let slurm = workdir.join(results_dir).join("slurm");
+        let logs = slurm.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        Ok(Self {
+            workdir,
+            slurm,
+            logs,
+        })
+    }
+}
+
+/// One submission in progress: what it submits from, the record of earlier submissions
+/// (updated as it goes), which recorded Slurm ids are still queued, and what it did.
+struct Submitter<'a> {
+    jobs: &'a SweepJobs,
+    invocation: &'a SweepInvocation,
+    spec: &'a SlurmSpec,
+    name: &'a str,
+    dirs: SlurmDirs,
+    record: Submitted,
+    active: HashSet<String>,
+    submission: Submission,
+}
+
+impl Submitter<'_> {
+    /// A seed's jobs: its float job unless finished, then its unfinished cells as one
+    /// array that waits for the float job when that is queued or submitted.
+    fn submit_seed(&mut self, float: &SweepJob) -> Result<()> {
+        let cells: Vec<&SweepJob> = self
+            .jobs
             .jobs
             .iter()
             .filter(|j| j.depends_on.as_ref() == Some(&float.id))
             .collect();
-        let mut float_slurm = None;
-        if !jobs.is_finished(float)? {
-            match record.jobs.get(&float.id).filter(|s| active.contains(*s)) {
-                Some(queued) => {
-                    submission.queued.push((float.id.clone(), queued.clone()));
-                    float_slurm = Some(queued.clone());
-                }
-                None => {
-                    let script = slurm_dir.join(format!("seed-{seed}-float.sbatch"));
-                    write_script(
-                        &script,
-                        &format!("sweep {name}, seed {seed}: the float model"),
-                        &invocation.job_command(&float.id)?,
-                    )?;
-                    let mut flags = vec![
-                        format!("--job-name=lbwnet-{name}-s{seed}-float"),
-                        format!("--output={}/%x-%j.out", log_dir.display()),
-                    ];
-                    flags.extend(sbatch_flags(spec));
-                    let id = sbatch(&workdir, &flags, &script)?;
-                    println!("seed {seed}: float job {id} ({})", float.id);
-                    record.jobs.insert(float.id.clone(), id.clone());
-                    submission.submitted.push((float.id.clone(), id.clone()));
-                    float_slurm = Some(id);
-                }
-            }
+        let float_slurm = if self.jobs.is_finished(float)? {
+            None
+        } else {
+            Some(self.submit_float(float)?)
+        };
+        let indices = self.pending_cells(&cells)?;
+        if indices.is_empty() {
+            return Ok(());
         }
+        self.submit_cells(float.seed, &cells, &indices, float_slurm.as_deref())
+    }
 
+    /// The Slurm id recorded for `job_id` when that Slurm job is still queued.
+    fn queued_id(&self, job_id: &str) -> Option<String> {
+        self.record
+            .jobs
+            .get(job_id)
+            .filter(|s| self.active.contains(*s))
+            .cloned()
+    }
+
+    /// Notes a new Slurm job for `job_id` in the record and the submission.
+    fn record_submitted(&mut self, job_id: &str, slurm_id: String) {
+        self.record
+            .jobs
+            .insert(job_id.to_string(), slurm_id.clone());
+        self.submission
+            .submitted
+            .push((job_id.to_string(), slurm_id));
+    }
+
+    /// The float job's Slurm id: the queued one, else that of a new `sbatch` job.
+    fn submit_float(&mut self, float: &SweepJob) -> Result<String> {
+        if let Some(queued) = self.queued_id(&float.id) {
+            self.submission
+                .queued
+                .push((float.id.clone(), queued.clone()));
+            return Ok(queued);
+        }
+        let (name, seed) = (self.name, float.seed);
+        let script = self.dirs.slurm.join(format!("seed-{seed}-float.sbatch"));
+        write_script(
+            &script,
+            &format!("sweep {name}, seed {seed}: the float model"),
+            &self.invocation.job_command(&float.id)?,
+        )?;
+        let mut flags = vec![
+            format!("--job-name=lbwnet-{name}-s{seed}-float"),
+            format!("--output={}/%x-%j.out", self.dirs.logs.display()),
+        ];
+        flags.extend(sbatch_flags(self.spec));
+        let id = sbatch(&self.dirs.workdir, &flags, &script)?;
+        println!("seed {seed}: float job {id} ({})", float.id);
+        self.record_submitted(&float.id, id.clone());
+        Ok(id)
+    }
+
+    /// The array indices of `cells` to submit: those neither finished nor still queued
+    /// (the queued ones are noted in the submission).
+    fn pending_cells(&mut self, cells: &[&SweepJob]) -> Result<Vec<usize>> {
         let mut indices = Vec::new();
-        for cell in &cells {
-            if jobs.is_finished(cell)? {
+        for cell in cells {
+            if self.jobs.is_finished(cell)? {
                 continue;
             }
-            match record.jobs.get(&cell.id).filter(|s| active.contains(*s)) {
-                Some(queued) => submission.queued.push((cell.id.clone(), queued.clone())),
+            match self.queued_id(&cell.id) {
+                Some(queued) => self.submission.queued.push((cell.id.clone(), queued)),
                 None => indices.push(cell.cell_index.expect("a cell")),
             }
         }
-        if indices.is_empty() {
-            continue;
-        }
-        let script = slurm_dir.join(format!("seed-{seed}-cells.sbatch"));
-        let command = invocation.job_command(&format!("seed-{seed}/cell-{}", "@INDEX@"))?;
+        Ok(indices)
+    }
+
+    /// Submits the cells at `indices` as one job array (after `float_slurm` when given)
+    /// and records each task as `<array>_<index>`.
+    fn submit_cells(
+        &mut self,
+        seed: u64,
+        cells: &[&SweepJob],
+        indices: &[usize],
+        float_slurm: Option<&str>,
+    ) -> Result<()> {
+        let name = self.name;
+        let script = self.dirs.slurm.join(format!("seed-{seed}-cells.sbatch"));
+        let command = self
+            .invocation
+            .job_command(&format!("seed-{seed}/cell-{}", "@INDEX@"))?;
         write_script(
             &script,
             &format!("sweep {name}, seed {seed}: the cells, one per array task"),
@@ -165,42 +255,44 @@ pub fn submit(
         let list: Vec<String> = indices.iter().map(usize::to_string).collect();
         let mut flags = vec![
             format!("--job-name=lbwnet-{name}-s{seed}-cells"),
-            format!("--output={}/%x-%A_%a.out", log_dir.display()),
+            format!("--output={}/%x-%A_%a.out", self.dirs.logs.display()),
             format!("--array={}", list.join(",")),
         ];
-        if let Some(float_id) = &float_slurm {
+        if let Some(float_id) = float_slurm {
             flags.push(format!("--dependency=afterok:{float_id}"));
             // A failed float job cancels its cells instead of leaving them pending forever.
             flags.push("--kill-on-invalid-dep=yes".into());
         }
-        flags.extend(sbatch_flags(spec));
-        let array = sbatch(&workdir, &flags, &script)?;
+        flags.extend(sbatch_flags(self.spec));
+        let array = sbatch(&self.dirs.workdir, &flags, &script)?;
         println!(
             "seed {seed}: cells array job {array}, tasks {}{}",
             list.join(","),
             float_slurm
-                .as_ref()
                 .map(|f| format!(", after job {f}"))
                 .unwrap_or_default()
         );
-        for cell in &cells {
+        for cell in cells {
             let index = cell.cell_index.expect("a cell");
             if indices.contains(&index) {
-                let task = format!("{array}_{index}");
-                record.jobs.insert(cell.id.clone(), task.clone());
-                submission.submitted.push((cell.id.clone(), task));
+                self.record_submitted(&cell.id, format!("{array}_{index}"));
             }
         }
+        Ok(())
     }
-    record.save(&jobs.results_dir)?;
-    println!(
-        "submitted {} jobs, {} still queued from before, {} finished earlier; logs in {}",
-        submission.submitted.len(),
-        submission.queued.len(),
-        jobs.jobs.len() - submission.submitted.len() - submission.queued.len(),
-        log_dir.display()
-    );
-    Ok(submission)
+
+    /// The closing line: how many jobs were submitted, found queued, or had finished.
+    fn print_summary(&self) {
+        let (submitted, queued) = (
+            self.submission.submitted.len(),
+            self.submission.queued.len(),
+        );
+        println!(
+            "submitted {submitted} jobs, {queued} still queued from before, {} finished earlier; logs in {}",
+            self.jobs.jobs.len() - submitted - queued,
+            self.dirs.logs.display()
+        );
+    }
 }
 
 /// Polls `squeue` until none of the submission's jobs is pending or running, showing how

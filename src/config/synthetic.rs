@@ -1,7 +1,94 @@
 //! The synthetic data set's settings (`data.synthetic` in an experiment config).
-use super::shapes::{Shape, DEFAULT_SHAPES};
+//!
+//! It lives with the configuration (and the shape classes with it) so that `config` needs
+//! nothing from the data module it configures.
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+
+/// One shape class. The first seven are the default set; the others are look-alikes of
+/// them for the harder benchmark preset (ellipse ~ circle, rounded square ~ square,
+/// pentagon ~ hexagon ~ octagon, six- ~ five-pointed star, thick ring ~ ring, thin cross ~
+/// cross).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    Circle,
+    Square,
+    Triangle,
+    /// Five-pointed star.
+    Star,
+    /// Plus sign with arms a third of the frame wide.
+    Cross,
+    /// Disc with a hole of 0.55 times its radius.
+    Ring,
+    Heart,
+    /// Axis ratio 0.6.
+    Ellipse,
+    /// Corner radius 0.4 of the half-side.
+    RoundedSquare,
+    Pentagon,
+    Hexagon,
+    Octagon,
+    /// Six-pointed star.
+    Star6,
+    /// Disc with a hole of 0.35 times its radius.
+    ThickRing,
+    /// Plus sign with arms under a fifth of the frame wide.
+    ThinCross,
+}
+
+/// The default data set's shapes, in `labels.txt` order.
+pub const DEFAULT_SHAPES: [Shape; 7] = [
+    Shape::Circle,
+    Shape::Square,
+    Shape::Triangle,
+    Shape::Star,
+    Shape::Cross,
+    Shape::Ring,
+    Shape::Heart,
+];
+
+/// Every shape, for tests and listings.
+pub const ALL_SHAPES: [Shape; 15] = [
+    Shape::Circle,
+    Shape::Square,
+    Shape::Triangle,
+    Shape::Star,
+    Shape::Cross,
+    Shape::Ring,
+    Shape::Heart,
+    Shape::Ellipse,
+    Shape::RoundedSquare,
+    Shape::Pentagon,
+    Shape::Hexagon,
+    Shape::Octagon,
+    Shape::Star6,
+    Shape::ThickRing,
+    Shape::ThinCross,
+];
+
+impl Shape {
+    /// The class name written to `labels.txt` and the annotations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Circle => "circle",
+            Shape::Square => "square",
+            Shape::Triangle => "triangle",
+            Shape::Star => "star",
+            Shape::Cross => "cross",
+            Shape::Ring => "ring",
+            Shape::Heart => "heart",
+            Shape::Ellipse => "ellipse",
+            Shape::RoundedSquare => "rounded_square",
+            Shape::Pentagon => "pentagon",
+            Shape::Hexagon => "hexagon",
+            Shape::Octagon => "octagon",
+            Shape::Star6 => "star6",
+            Shape::ThickRing => "thick_ring",
+            Shape::ThinCross => "thin_cross",
+        }
+    }
+}
 
 /// The synthetic data set (SPEC §4). Every knob's default reproduces the original
 /// generator byte for byte; ranges are `[low, high]`.

@@ -1,10 +1,10 @@
 //! The quantizer benchmark behind `lbwnet bench quantize` and `cargo bench`: every method
 //! on a ResNet-50-shaped set of weight tensors, as medians of repeated runs, against a
 //! plain copy of the same tensors (the memory-bound floor) and one full sort of them.
-use super::{quantize, FlatSegments, Method, QuantSpec};
+use super::{elapsed_ms, sync};
+use crate::quant::{quantize, FlatSegments, Method, QuantSpec};
 use anyhow::Result;
 use serde::Serialize;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// Goals for this benchmark on the project's 2-core machine.
@@ -77,22 +77,13 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
 }
 
-/// Median wall time in milliseconds of `repeats` runs of `run` after one warm-up.
+/// Median wall time in milliseconds of `repeats` runs of `run` after one warm-up (the upper
+/// middle run for an even count, as the tables have always reported).
 fn median_ms(repeats: usize, device: Device, mut run: impl FnMut()) -> f64 {
-    let sync = || {
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
-    };
     run();
-    sync();
+    sync(device);
     let mut times: Vec<f64> = (0..repeats.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            sync();
-            start.elapsed().as_secs_f64() * 1e3
-        })
+        .map(|_| elapsed_ms(device, &mut run).1)
         .collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]

@@ -1,0 +1,263 @@
+//! `lbwnet bench detect`: images/s of an exported model against the training-time model in
+//! evaluation mode, load times, and the model file's size against the checkpoint.
+use super::{median, sync};
+use crate::config::ExperimentConfig;
+use crate::data::loader::{load_sample, LoaderConfig};
+use crate::data::voc::VocDataset;
+use crate::deploy::{export_run, DeployedModel, ModelFile};
+use crate::detect::faster_rcnn::FasterRcnn;
+use crate::detect::image_list::ImageBatch;
+use crate::train::checkpoint;
+use crate::train::setup::build_model;
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// What to time: the run (and a checkpoint of it instead of its latest), the model file
+/// (default: the checkpoint exported to a temporary file), test images per pass, timed
+/// passes per model, the device.
+#[derive(Debug, Clone)]
+pub struct DetectOptions {
+    pub run: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub images: usize,
+    pub repeats: usize,
+    pub device: Device,
+}
+
+/// What `lbwnet bench detect` measured: the exported model against the training-time
+/// model (quantize-on-forward, in evaluation mode) on the same test images, in one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectTiming {
+    pub run: std::path::PathBuf,
+    /// The model file timed; none when the checkpoint was exported to a temporary file.
+    pub model_file: Option<std::path::PathBuf>,
+    pub device: String,
+    pub threads: i32,
+    pub images: usize,
+    pub repeats: usize,
+    /// Median images/s of the training-time model.
+    pub training_images_per_s: f64,
+    /// Median images/s of the exported model.
+    pub exported_images_per_s: f64,
+    /// exported / training-time images/s.
+    pub speedup: f64,
+    /// Median ms to build the training-time model and read its checkpoint.
+    pub training_load_ms: f64,
+    /// Median ms to read, check and decode the model file and build the model.
+    pub exported_load_ms: f64,
+    /// The two models' detections agree exactly (boxes, scores, labels) on every image.
+    pub identical_detections: bool,
+    pub checkpoint_bytes: u64,
+    pub model_file_bytes: u64,
+    pub float32_bytes: u64,
+    /// The sweep table's storage figure for the model.
+    pub storage_bytes: u64,
+}
+
+/// Times `repeats` passes of both models over the first `images` test images of the run's
+/// data set (decoded once, beforehand), alternating the models, after one warm-up pass
+/// each.
+pub fn bench_detect(options: &DetectOptions) -> Result<DetectTiming> {
+    ensure!(options.images >= 1, "--images must be at least 1");
+    ensure!(options.repeats >= 1, "--repeats must be at least 1");
+    let run_dir = options.run.as_path();
+    let cfg = ExperimentConfig::load(&run_dir.join("config.yaml"), &[])
+        .with_context(|| format!("{} is not a training run directory", run_dir.display()))?;
+    let weights = checkpoint::resolve_weights(options.checkpoint.as_deref().unwrap_or(run_dir))?;
+    let tmp = tempfile::tempdir()?;
+    let model_path = model_file_for(options, tmp.path())?;
+    let file = ModelFile::read(&model_path)?;
+    let classes = file.meta.classes.clone();
+    let loaded = time_loads(&cfg, &weights, &model_path, classes.len(), options.device)?;
+    let batches = test_batches(&cfg, &classes, options.images, options.device)?;
+    let models = [&loaded.training, &loaded.deployed.model];
+    let (mut rates, identical) = race(models, &batches, &cfg, options);
+    let [mut training_loads, mut exported_loads] = loaded.load_ms;
+    let training_rate = median(&mut rates[0]);
+    let exported_rate = median(&mut rates[1]);
+    Ok(DetectTiming {
+        run: run_dir.to_path_buf(),
+        model_file: options.model.clone(),
+        device: format!("{:?}", options.device),
+        threads: tch::get_num_threads(),
+        images: batches.len(),
+        repeats: options.repeats,
+        training_images_per_s: training_rate,
+        exported_images_per_s: exported_rate,
+        speedup: exported_rate / training_rate,
+        training_load_ms: median(&mut training_loads),
+        exported_load_ms: median(&mut exported_loads),
+        identical_detections: identical,
+        checkpoint_bytes: std::fs::metadata(&weights)?.len(),
+        model_file_bytes: file.file_bytes,
+        float32_bytes: 4 * file.meta.params,
+        storage_bytes: file.meta.storage_bytes,
+    })
+}
+
+/// The model file to time: the given one, or the checkpoint exported into `tmp`.
+fn model_file_for(options: &DetectOptions, tmp: &Path) -> Result<PathBuf> {
+    match &options.model {
+        Some(path) => Ok(path.clone()),
+        None => {
+            let path = tmp.join("model.lbw");
+            export_run(&options.run, options.checkpoint.as_deref(), &path)?;
+            Ok(path)
+        }
+    }
+}
+
+/// Both models, loaded three times each, with the load times in ms (training-time model
+/// and checkpoint; model file).
+struct LoadedModels {
+    training: FasterRcnn,
+    /// Keeps the training-time model's variables alive.
+    _vs: tch::nn::VarStore,
+    deployed: DeployedModel,
+    load_ms: [Vec<f64>; 2],
+}
+
+fn time_loads(
+    cfg: &ExperimentConfig,
+    weights: &Path,
+    model_path: &Path,
+    classes: usize,
+    device: Device,
+) -> Result<LoadedModels> {
+    let mut load_ms = [Vec::new(), Vec::new()];
+    let mut loaded = None;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let (vs, model) = build_model(cfg, classes, device, false)?;
+        checkpoint::load_weights(weights, &vs)?;
+        load_ms[0].push(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        let deployed = DeployedModel::load(model_path, device, &[])?;
+        load_ms[1].push(start.elapsed().as_secs_f64() * 1e3);
+        loaded = Some((vs, model, deployed));
+    }
+    let (vs, training, deployed) = loaded.expect("loaded three times");
+    Ok(LoadedModels {
+        training,
+        _vs: vs,
+        deployed,
+        load_ms,
+    })
+}
+
+/// The first `images` test images of the run's data set, decoded and on `device`.
+fn test_batches(
+    cfg: &ExperimentConfig,
+    classes: &[String],
+    images: usize,
+    device: Device,
+) -> Result<Vec<ImageBatch>> {
+    cfg.check_data_path()?;
+    crate::data::synthetic::ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
+    let dataset = VocDataset::open(&cfg.data.root, &cfg.data.test_split, Some(classes))?;
+    let loader_cfg = LoaderConfig::from_data_config(&cfg.data, false, 0);
+    let count = images.min(dataset.len());
+    ensure!(
+        count > 0,
+        "the test split of {} is empty",
+        cfg.data.root.display()
+    );
+    (0..count)
+        .map(|i| {
+            let sample = load_sample(&dataset, i, false, &loader_cfg)?;
+            Ok(ImageBatch::new(
+                &[sample.image.to_device(device)],
+                vec![sample.scale],
+            ))
+        })
+        .collect()
+}
+
+/// One pass of `model` over `batches`: seconds, and per image its detections as one
+/// `[N, 6]` tensor (box, score, label).
+fn timed_pass(
+    model: &FasterRcnn,
+    batches: &[ImageBatch],
+    cfg: &ExperimentConfig,
+    device: Device,
+) -> (f64, Vec<Tensor>) {
+    let start = Instant::now();
+    let mut outputs = Vec::with_capacity(batches.len());
+    for batch in batches {
+        if let Some(d) = model.detect(batch, &cfg.eval).into_iter().next() {
+            outputs.push(Tensor::cat(
+                &[
+                    d.boxes,
+                    d.scores.unsqueeze(1),
+                    d.labels.to_kind(Kind::Float).unsqueeze(1),
+                ],
+                1,
+            ));
+        }
+    }
+    sync(device);
+    (start.elapsed().as_secs_f64(), outputs)
+}
+
+/// Alternating timed passes of the two models (after one warm-up round): images/s per
+/// model, and whether their detections were identical in every round.
+fn race(
+    models: [&FasterRcnn; 2],
+    batches: &[ImageBatch],
+    cfg: &ExperimentConfig,
+    options: &DetectOptions,
+) -> ([Vec<f64>; 2], bool) {
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut identical = true;
+    for round in 0..=options.repeats {
+        let mut outputs = Vec::new();
+        for (i, model) in models.iter().enumerate() {
+            let (seconds, dets) = timed_pass(model, batches, cfg, options.device);
+            if round > 0 {
+                rates[i].push(batches.len() as f64 / seconds);
+            }
+            outputs.push(dets);
+        }
+        identical &= outputs[0].len() == outputs[1].len()
+            && outputs[0].iter().zip(&outputs[1]).all(|(a, b)| a.equal(b));
+    }
+    (rates, identical)
+}
+
+impl DetectTiming {
+    /// A Markdown table of both models (load ms, images/s, file size) and the ratios.
+    pub fn table(&self) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        let mut out = format!(
+            "detect on {} test images, {} ({} thread(s)), medians of {} passes:\n\n",
+            self.images, self.device, self.threads, self.repeats
+        );
+        out += "| model | load ms | images/s | file |\n|:--|--:|--:|--:|\n";
+        out += &format!(
+            "| training-time (checkpoint, quantize on forward) | {:.1} | {:.2} | {:.2} MB |\n",
+            self.training_load_ms,
+            self.training_images_per_s,
+            mb(self.checkpoint_bytes)
+        );
+        out += &format!(
+            "| exported (packed codes, decoded at load) | {:.1} | {:.2} | {:.2} MB |\n",
+            self.exported_load_ms,
+            self.exported_images_per_s,
+            mb(self.model_file_bytes)
+        );
+        out + &format!(
+            "\nexported / training-time: {:.3}x images/s; file {:.2}x smaller than the checkpoint, {:.2}x smaller than float32 weights ({:.2} MB); the table's storage figure {:.2} MB (file / figure {:.4}); identical detections: {}\n",
+            self.speedup,
+            self.checkpoint_bytes as f64 / self.model_file_bytes as f64,
+            self.float32_bytes as f64 / self.model_file_bytes as f64,
+            mb(self.float32_bytes),
+            mb(self.storage_bytes),
+            self.model_file_bytes as f64 / self.storage_bytes as f64,
+            if self.identical_detections { "yes" } else { "no" }
+        )
+    }
+}
