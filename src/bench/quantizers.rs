@@ -89,49 +89,32 @@ fn median_ms(repeats: usize, device: Device, mut run: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Runs the benchmark: He-normal weights from `seed`, then copy, sort and every method.
+/// Runs the benchmark: He-normal weights from `seed`, then copy, sort, every method, and
+/// lbw as one flat pass.
 pub fn bench_quantizers(options: &BenchOptions) -> Result<BenchReport> {
     let _guard = tch::no_grad_guard();
-    tch::manual_seed(options.seed);
-    let weights: Vec<Tensor> = resnet50_weight_shapes()
-        .iter()
-        .map(|shape| {
-            let fan_in: i64 = shape[1..].iter().product();
-            Tensor::randn(shape.as_slice(), (Kind::Float, options.device))
-                * (2.0 / fan_in as f64).sqrt()
-        })
-        .collect();
-    let repeats = options.repeats;
-    let copy_ms = median_ms(repeats, options.device, || {
+    let weights = he_normal_weights(options);
+    let (repeats, device) = (options.repeats, options.device);
+    let copy_ms = median_ms(repeats, device, || {
         for w in &weights {
             drop(w.copy());
         }
     });
-    let sort_ms = median_ms(repeats, options.device, || {
+    let sort_ms = median_ms(repeats, device, || {
         for w in &weights {
             drop(w.flatten(0, -1).sort(0, true));
         }
     });
-    let mut rows = vec![
-        BenchRow {
-            name: "copy".into(),
-            bits: None,
-            median_ms: copy_ms,
-            vs_copy: 1.0,
-            vs_sort: copy_ms / sort_ms,
-            goal: None,
-            goal_met: None,
-        },
-        BenchRow {
-            name: "sort".into(),
-            bits: None,
-            median_ms: sort_ms,
-            vs_copy: sort_ms / copy_ms,
-            vs_sort: 1.0,
-            goal: None,
-            goal_met: None,
-        },
-    ];
+    let row = |name: &str, bits: Option<u32>, ms: f64| BenchRow {
+        name: name.into(),
+        bits,
+        median_ms: ms,
+        vs_copy: ms / copy_ms,
+        vs_sort: ms / sort_ms,
+        goal: None,
+        goal_met: None,
+    };
+    let mut rows = vec![row("copy", None, copy_ms), row("sort", None, sort_ms)];
     let methods = [
         (Method::Lbw, options.bits),
         (Method::Ternary, 2),
@@ -142,58 +125,15 @@ pub fn bench_quantizers(options: &BenchOptions) -> Result<BenchReport> {
     ];
     for (method, bits) in methods {
         let spec = QuantSpec::new(method, bits, None)?;
-        let ms = median_ms(repeats, options.device, || {
+        let ms = median_ms(repeats, device, || {
             for w in &weights {
                 drop(quantize(w, &spec));
             }
         });
-        let (vs_copy, vs_sort) = (ms / copy_ms, ms / sort_ms);
-        let (goal, goal_met) = match method {
-            Method::Lbw => (
-                Some(format!("<= {LBW_MAX_VS_COPY}x copy")),
-                Some(vs_copy <= LBW_MAX_VS_COPY),
-            ),
-            Method::Ternary => (
-                Some(format!("<= {TERNARY_MAX_VS_SORT}x sort")),
-                Some(vs_sort <= TERNARY_MAX_VS_SORT),
-            ),
-            Method::Exact if bits == 6 => (
-                Some(format!("< {} s", EXACT_MAX_MS / 1e3)),
-                Some(ms < EXACT_MAX_MS),
-            ),
-            _ => (None, None),
-        };
-        rows.push(BenchRow {
-            name: method.name().into(),
-            bits: Some(bits),
-            median_ms: ms,
-            vs_copy,
-            vs_sort,
-            goal,
-            goal_met,
-        });
+        rows.push(with_goal(row(method.name(), Some(bits), ms), method));
     }
-    // lbw over the same tensors as one flat pass (what training runs each step).
-    let spec = QuantSpec::new(Method::Lbw, options.bits, None)?;
-    let lengths: Vec<i64> = weights.iter().map(|w| w.numel() as i64).collect();
-    let segments = FlatSegments::new(spec, lengths, options.device)?;
-    let flat = Tensor::cat(
-        &weights.iter().map(|w| w.reshape([-1])).collect::<Vec<_>>(),
-        0,
-    );
-    let mut out = flat.empty_like();
-    let ms = median_ms(repeats, options.device, || {
-        segments.quantize_into(&flat, &mut out)
-    });
-    rows.push(BenchRow {
-        name: "lbw flat pass".into(),
-        bits: Some(options.bits),
-        median_ms: ms,
-        vs_copy: ms / copy_ms,
-        vs_sort: ms / sort_ms,
-        goal: None,
-        goal_met: None,
-    });
+    let ms = flat_pass_ms(&weights, options)?;
+    rows.push(row("lbw flat pass", Some(options.bits), ms));
     Ok(BenchReport {
         device: format!("{:?}", options.device),
         threads: tch::get_num_threads(),
@@ -202,6 +142,55 @@ pub fn bench_quantizers(options: &BenchOptions) -> Result<BenchReport> {
         repeats,
         rows,
     })
+}
+
+/// ResNet-50's weight shapes with He-normal values from `options.seed`.
+fn he_normal_weights(options: &BenchOptions) -> Vec<Tensor> {
+    tch::manual_seed(options.seed);
+    resnet50_weight_shapes()
+        .iter()
+        .map(|shape| {
+            let fan_in: i64 = shape[1..].iter().product();
+            Tensor::randn(shape.as_slice(), (Kind::Float, options.device))
+                * (2.0 / fan_in as f64).sqrt()
+        })
+        .collect()
+}
+
+/// `row` with this project's goal for `method`, and whether it was met.
+fn with_goal(row: BenchRow, method: Method) -> BenchRow {
+    let (goal, goal_met) = match method {
+        Method::Lbw => (
+            format!("<= {LBW_MAX_VS_COPY}x copy"),
+            row.vs_copy <= LBW_MAX_VS_COPY,
+        ),
+        Method::Ternary => (
+            format!("<= {TERNARY_MAX_VS_SORT}x sort"),
+            row.vs_sort <= TERNARY_MAX_VS_SORT,
+        ),
+        Method::Exact if row.bits == Some(6) => (
+            format!("< {} s", EXACT_MAX_MS / 1e3),
+            row.median_ms < EXACT_MAX_MS,
+        ),
+        _ => return row,
+    };
+    BenchRow {
+        goal: Some(goal),
+        goal_met: Some(goal_met),
+        ..row
+    }
+}
+
+/// Median ms of lbw over all of `weights` as one flat pass (what training runs each step).
+fn flat_pass_ms(weights: &[Tensor], options: &BenchOptions) -> Result<f64> {
+    let spec = QuantSpec::new(Method::Lbw, options.bits, None)?;
+    let numels = weights.iter().map(|w| w.numel() as i64).collect();
+    let segments = FlatSegments::new(spec, numels, options.device)?;
+    let flat = segments.lay_out(weights);
+    let mut out = flat.empty_like();
+    Ok(median_ms(options.repeats, options.device, || {
+        segments.quantize_into(&flat, &mut out)
+    }))
 }
 
 impl BenchReport {

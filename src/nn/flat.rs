@@ -14,7 +14,7 @@ use crate::quant::flat::aligned;
 use crate::quant::{FlatSegments, QuantSpec};
 use anyhow::{bail, Result};
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tch::{Device, Kind, Tensor};
 
 /// One flat buffer of parameters and its gradient buffer.
@@ -102,87 +102,14 @@ impl FlatParameters {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         let device = check_uniform(&trainable)?;
-        let layers = registry.with_layers(|layers| {
-            layers
-                .iter()
-                .filter_map(|l| {
-                    l.spec.map(|spec| {
-                        (
-                            l.name.clone(),
-                            spec,
-                            l.slot.clone(),
-                            l.weight.shallow_clone(),
-                        )
-                    })
-                })
-                .collect::<Vec<_>>()
-        });
-        // Trainable quantized layers by spec, in registration order; frozen ones apart.
-        let mut runs: Vec<(QuantSpec, Vec<(String, QuantSlot)>)> = Vec::new();
-        let mut fixed = Vec::new();
-        for (name, spec, slot, weight) in layers {
-            if !trainable.contains_key(&name) {
-                fixed.push(FixedLayer { slot, weight, spec });
-                continue;
-            }
-            match runs.iter_mut().find(|(s, _)| *s == spec) {
-                Some((_, members)) => members.push((name, slot)),
-                None => runs.push((spec, vec![(name, slot)])),
-            }
-        }
-        let quantized: std::collections::HashSet<&str> = runs
-            .iter()
-            .flat_map(|(_, members)| members.iter().map(|(name, _)| name.as_str()))
-            .collect();
-        let mut decay_names: Vec<String> = runs
-            .iter()
-            .flat_map(|(_, members)| members.iter().map(|(name, _)| name.clone()))
-            .collect();
-        let mut plain_names = Vec::new();
-        for (name, t) in &trainable {
-            if quantized.contains(name.as_str()) {
-                continue;
-            }
-            if t.dim() > 1 {
-                decay_names.push(name.clone());
-            } else {
-                plain_names.push(name.clone());
-            }
-        }
+        let (runs, fixed) = group_quantized_layers(registry, &trainable);
+        let (decay_names, plain_names) = buffer_order(&runs, &trainable);
         let decay = flatten(&decay_names, &trainable, true, device);
         let plain = flatten(&plain_names, &trainable, false, device);
-        let mut offset_of: HashMap<&str, &FlatMember> = HashMap::new();
-        for member in &decay.members {
-            offset_of.insert(member.name.as_str(), member);
-        }
-        let mut quant_runs = Vec::new();
-        for (spec, members) in runs {
-            let first = offset_of[members[0].0.as_str()].offset;
-            let lengths: Vec<i64> = members
-                .iter()
-                .map(|(name, _)| offset_of[name.as_str()].numel())
-                .collect();
-            let segments = FlatSegments::new(spec, lengths, device)?;
-            let values = decay.values.narrow(0, first, segments.total());
-            let output = Tensor::zeros([segments.total()], (Kind::Float, device));
-            let layers = members
-                .into_iter()
-                .map(|(name, slot)| {
-                    let member = offset_of[name.as_str()];
-                    let local = FlatMember {
-                        offset: member.offset - first,
-                        ..member.clone()
-                    };
-                    (slot, local.view_of(&output))
-                })
-                .collect();
-            quant_runs.push(QuantRun {
-                segments,
-                values,
-                output,
-                layers,
-            });
-        }
+        let quant_runs = runs
+            .into_iter()
+            .map(|(spec, members)| quant_run(spec, members, &decay, device))
+            .collect::<Result<_>>()?;
         Ok(FlatParameters {
             groups: vec![decay, plain],
             runs: quant_runs,
@@ -227,6 +154,100 @@ impl FlatParameters {
         }
         QuantizedWeights { slots }
     }
+}
+
+/// One spec and its trainable layers (name and slot), in registration order.
+type SpecLayers = (QuantSpec, Vec<(String, QuantSlot)>);
+
+/// The trainable quantized layers grouped by spec (specs and layers in registration
+/// order), and the quantized layers that are not trainable.
+fn group_quantized_layers(
+    registry: &QuantRegistry,
+    trainable: &BTreeMap<String, Tensor>,
+) -> (Vec<SpecLayers>, Vec<FixedLayer>) {
+    let mut runs: Vec<SpecLayers> = Vec::new();
+    let mut fixed = Vec::new();
+    registry.with_layers(|layers| {
+        for layer in layers {
+            let Some(spec) = layer.spec else { continue };
+            if !trainable.contains_key(&layer.name) {
+                fixed.push(FixedLayer {
+                    slot: layer.slot.clone(),
+                    weight: layer.weight.shallow_clone(),
+                    spec,
+                });
+                continue;
+            }
+            let member = (layer.name.clone(), layer.slot.clone());
+            match runs.iter_mut().find(|(s, _)| *s == spec) {
+                Some((_, members)) => members.push(member),
+                None => runs.push((spec, vec![member])),
+            }
+        }
+    });
+    (runs, fixed)
+}
+
+/// The names in each buffer, in order: the decay buffer holds the quantized layers run by
+/// run, then the other weights (more than one dimension) by name; the other buffer holds
+/// biases and norm parameters by name.
+fn buffer_order(
+    runs: &[SpecLayers],
+    trainable: &BTreeMap<String, Tensor>,
+) -> (Vec<String>, Vec<String>) {
+    let mut decay: Vec<String> = runs
+        .iter()
+        .flat_map(|(_, members)| members.iter().map(|(name, _)| name.clone()))
+        .collect();
+    let quantized: HashSet<String> = decay.iter().cloned().collect();
+    let mut plain = Vec::new();
+    for (name, t) in trainable {
+        if quantized.contains(name) {
+            continue;
+        }
+        if t.dim() > 1 {
+            decay.push(name.clone());
+        } else {
+            plain.push(name.clone());
+        }
+    }
+    (decay, plain)
+}
+
+/// One spec's run: its layers lie back to back in `decay`, starting with the first one;
+/// each layer's slot gets its view of the run's output buffer.
+fn quant_run(
+    spec: QuantSpec,
+    members: Vec<(String, QuantSlot)>,
+    decay: &FlatGroup,
+    device: Device,
+) -> Result<QuantRun> {
+    let member_of: HashMap<&str, &FlatMember> =
+        decay.members.iter().map(|m| (m.name.as_str(), m)).collect();
+    let first = member_of[members[0].0.as_str()].offset;
+    let numels = members
+        .iter()
+        .map(|(name, _)| member_of[name.as_str()].numel())
+        .collect();
+    let segments = FlatSegments::new(spec, numels, device)?;
+    let values = decay.values.narrow(0, first, segments.total());
+    let output = Tensor::zeros([segments.total()], (Kind::Float, device));
+    let layers = members
+        .into_iter()
+        .map(|(name, slot)| {
+            let local = FlatMember {
+                offset: member_of[name.as_str()].offset - first,
+                ..member_of[name.as_str()].clone()
+            };
+            (slot, local.view_of(&output))
+        })
+        .collect();
+    Ok(QuantRun {
+        segments,
+        values,
+        output,
+        layers,
+    })
 }
 
 /// The device every variable is on; an error for other dtypes or mixed devices.

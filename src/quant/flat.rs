@@ -66,6 +66,25 @@ impl FlatSegments {
         })
     }
 
+    /// `tensors` (float32, one per segment, of the segments' sizes) as this layout's flat
+    /// buffer: each flattened at its segment's offset, zeros in the padding.
+    pub fn lay_out(&self, tensors: &[Tensor]) -> Tensor {
+        assert_eq!(tensors.len(), self.numels.len(), "one tensor per segment");
+        let padded: Vec<Tensor> = tensors
+            .iter()
+            .zip(self.numels.iter().zip(&self.extents))
+            .map(|(t, (&numel, &extent))| {
+                assert_eq!(
+                    t.numel() as i64,
+                    numel,
+                    "tensor size differs from its segment"
+                );
+                t.reshape([-1]).constant_pad_nd([0, extent - numel])
+            })
+            .collect();
+        Tensor::cat(&padded, 0)
+    }
+
     pub fn spec(&self) -> &QuantSpec {
         &self.spec
     }
@@ -173,15 +192,14 @@ mod tests {
             Tensor::randn([300], opts) * 4.0,
         ];
         let lengths: Vec<i64> = parts.iter().map(|p| p.numel() as i64).collect();
-        // Each part at its aligned offset, zeros between.
-        let padded: Vec<Tensor> = parts
-            .iter()
-            .map(|p| {
-                let n = p.numel() as i64;
-                p.reshape([-1]).constant_pad_nd([0, aligned(n) - n])
-            })
-            .collect();
-        let flat = Tensor::cat(&padded, 0);
+        // Each part at its aligned offset, zeros between (the layout is the same for any spec).
+        let flat = FlatSegments::new(
+            QuantSpec::new(Method::Lbw, 6, None).unwrap(),
+            lengths.clone(),
+            Device::Cpu,
+        )
+        .unwrap()
+        .lay_out(&parts);
         let mut specs = vec![
             QuantSpec::new(Method::Ternary, 2, None).unwrap(),
             QuantSpec::new(Method::Twn, 2, None).unwrap(),
