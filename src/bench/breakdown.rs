@@ -2,9 +2,7 @@
 //! medians of instrumented steps in float and at b bits, with the ordinary step beside.
 use super::elapsed_ms;
 use super::median;
-use super::train_step::{
-    float_and_quantized, model_name, synthetic_batch, BenchRun, TrainStepOptions,
-};
+use super::train_step::{model_name, prepare, BenchRun, Prepared, TrainStepOptions};
 use crate::config::{Backbone, ExperimentConfig};
 use crate::detect::image_list::{ImageBatch, ImageTarget};
 use anyhow::Result;
@@ -154,14 +152,17 @@ pub fn bench_breakdown(
 ) -> Result<StepBreakdown> {
     let TrainStepOptions {
         bits,
-        height,
-        width,
         repeats,
         device,
         lr,
+        ..
     } = *options;
-    let (batch, targets) = synthetic_batch(height, width, device);
-    let (mut runs, _) = float_and_quantized(cfg, bits, device)?;
+    let Prepared {
+        batch,
+        targets,
+        mut runs,
+        ..
+    } = prepare(cfg, options)?;
     let rows = PHASES.len();
     let mut phase_times = vec![[Vec::new(), Vec::new()]; rows];
     let mut sums = [Vec::new(), Vec::new()];
@@ -198,7 +199,7 @@ pub fn bench_breakdown(
         .collect();
     Ok(StepBreakdown {
         model: model_name(cfg),
-        image: (height, width),
+        image: (options.height, options.width),
         bits,
         threads: tch::get_num_threads(),
         lr,

@@ -175,8 +175,12 @@ pub fn bench_train_step(cfg: &ExperimentConfig, options: &TrainStepOptions) -> R
         device,
         lr,
     } = *options;
-    let (batch, targets) = synthetic_batch(height, width, device);
-    let (mut runs, runs_c) = float_and_quantized(cfg, bits, device)?;
+    let Prepared {
+        batch,
+        targets,
+        mut runs,
+        c: runs_c,
+    } = prepare(cfg, options)?;
     let mut times = [Vec::new(), Vec::new()];
     let mut proposals = [Vec::new(), Vec::new()];
     let mut rois = [Vec::new(), Vec::new()];
@@ -244,6 +248,26 @@ pub fn bench_train_step(cfg: &ExperimentConfig, options: &TrainStepOptions) -> R
         c: runs_c,
         float_first_conv: cfg.quant.float_first_conv,
         float_predictors: cfg.quant.float_predictors,
+    })
+}
+
+/// What a step benchmark steps: a fixed batch, the two models (float, then quantized) and
+/// the quantized model's c.
+pub(super) struct Prepared {
+    pub(super) batch: ImageBatch,
+    pub(super) targets: Vec<ImageTarget>,
+    pub(super) runs: Vec<BenchRun>,
+    pub(super) c: Option<f64>,
+}
+
+pub(super) fn prepare(cfg: &ExperimentConfig, options: &TrainStepOptions) -> Result<Prepared> {
+    let (batch, targets) = synthetic_batch(options.height, options.width, options.device);
+    let (runs, c) = float_and_quantized(cfg, options.bits, options.device)?;
+    Ok(Prepared {
+        batch,
+        targets,
+        runs,
+        c,
     })
 }
 

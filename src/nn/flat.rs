@@ -400,6 +400,7 @@ mod tests {
                     ops
                 })
                 .collect();
+            println!("{method}: top-level operations per pass, 3 and 300 layers: {counts:?}");
             assert!(counts[0] > 0, "{method}: nothing was counted");
             assert_eq!(counts[0], counts[1], "{method}: 3 layers vs 300 layers");
         }
