@@ -78,24 +78,47 @@ pub fn save(
     Ok(state_path)
 }
 
-/// The committed checkpoints (markers) of a directory, oldest first.
+/// The committed checkpoints (markers) of a directory, oldest first: by the iteration in
+/// the file name as a number (`iter_10000000` after `iter_9999999`, which sort the other
+/// way as text), then by name.
 fn committed(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let mut states: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut states: Vec<(Option<u64>, PathBuf)> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "json") && is_iter_file(p))
+        .map(|p| (file_iteration(&p), p))
         .collect();
     states.sort();
-    Ok(states)
+    Ok(states.into_iter().map(|(_, p)| p).collect())
 }
 
 fn is_iter_file(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with("iter_"))
+}
+
+/// The iteration a checkpoint file's name carries (`iter_<n>.json`, `iter_<n>.safetensors`).
+fn file_iteration(path: &Path) -> Option<u64> {
+    path.file_stem()?
+        .to_str()?
+        .strip_prefix("iter_")?
+        .parse()
+        .ok()
+}
+
+/// A marker's `weights` must be a plain file name: the weights lie beside the marker.
+fn check_weights_name(state_path: &Path, weights: &str) -> Result<()> {
+    if weights.is_empty() || weights == "." || weights == ".." || weights.contains(['/', '\\']) {
+        bail!(
+            "checkpoint state {} names weights `{weights}`, not a file beside it",
+            state_path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Keeps the newest [`KEEP_LAST`] checkpoints. A marker goes before its weights, so a
@@ -128,13 +151,7 @@ fn prune(dir: &Path) -> Result<()> {
 pub fn verify(state_path: &Path) -> Result<CheckpointState> {
     let state = read_state(state_path)?;
     let dir = state_path.parent().unwrap_or(Path::new("."));
-    if state.weights.is_empty() || state.weights.contains(['/', '\\']) {
-        bail!(
-            "checkpoint state {} names weights `{}`, not a file beside it",
-            state_path.display(),
-            state.weights
-        );
-    }
+    check_weights_name(state_path, &state.weights)?;
     let weights = dir.join(&state.weights);
     let actual = std::fs::metadata(&weights)
         .with_context(|| format!("weights {} are missing", weights.display()))?
@@ -196,10 +213,13 @@ fn check_safetensors_layout(path: &Path) -> Result<()> {
             .ok_or_else(|| bad(&format!("tensor {name} has no data offsets")))?;
         data_end = data_end.max(end);
     }
-    if 8 + header_len + data_end != len {
+    // Offsets come from the file: add them checked.
+    let needed = (8 + header_len)
+        .checked_add(data_end)
+        .ok_or_else(|| bad("a tensor's data offset is out of range"))?;
+    if needed != len {
         return Err(bad(&format!(
-            "the tensors need {} bytes, the file has {len}",
-            8 + header_len + data_end
+            "the tensors need {needed} bytes, the file has {len}"
         )));
     }
     Ok(())
@@ -314,12 +334,7 @@ pub fn discard_newer(run_dir: &Path, iteration: usize) -> Result<()> {
     let dir = checkpoint_dir(run_dir);
     for state_path in committed(&dir)? {
         let newer = read_state(&state_path).map_or(true, |s| s.iteration > iteration)
-            && state_path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.strip_prefix("iter_"))
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_none_or(|n| n > iteration);
+            && file_iteration(&state_path).is_none_or(|n| n > iteration as u64);
         if newer {
             tracing::warn!(
                 "removing incomplete checkpoint {} (its iterations are trained again)",
@@ -338,6 +353,13 @@ pub fn discard_newer(run_dir: &Path, iteration: usize) -> Result<()> {
 /// process killed halfway leaves no marker naming deleted weights.
 pub fn clear(run_dir: &Path) -> Result<()> {
     let dir = checkpoint_dir(run_dir);
+    // A link would make the cleanup delete files wherever it points.
+    if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "{} is a symbolic link; refusing to clear it (remove it, or train into another run directory)",
+            dir.display()
+        );
+    }
     if dir.is_dir() {
         for state_path in committed(&dir)? {
             std::fs::remove_file(&state_path)
@@ -401,10 +423,80 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
     }
     if path.extension().is_some_and(|e| e == "json") {
         let state = read_state(path)?;
+        check_weights_name(path, &state.weights)?;
         return Ok(path.parent().unwrap_or(Path::new(".")).join(state.weights));
     }
     if !path.is_file() {
         bail!("checkpoint {} does not exist", path.display());
     }
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(iteration: usize) -> CheckpointState {
+        CheckpointState {
+            iteration,
+            weights: String::new(),
+            train_seconds: 0.0,
+            config_yaml: String::new(),
+            weights_bytes: None,
+            weights_checksum: None,
+        }
+    }
+
+    /// Past 10,000,000 iterations the file names sort the wrong way as text: the newest
+    /// checkpoint is still the one resumed from, and pruning keeps the newest ones.
+    #[test]
+    fn checkpoints_are_ordered_by_iteration_number() {
+        let run = tempfile::tempdir().unwrap();
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _ = vs.root().zeros("w", &[2]);
+        for iteration in [9_999_998, 9_999_999, 10_000_000] {
+            save(run.path(), &vs, &[], state(iteration)).unwrap();
+        }
+        let (newest, found) = require_latest(run.path()).unwrap();
+        assert_eq!(found.iteration, 10_000_000);
+        assert!(newest.ends_with("iter_10000000.json"));
+        let kept: Vec<u64> = committed(&checkpoint_dir(run.path()))
+            .unwrap()
+            .iter()
+            .filter_map(|p| file_iteration(p))
+            .collect();
+        assert_eq!(kept, vec![9_999_999, 10_000_000]);
+        // Nothing complete is taken for newer than the newest.
+        discard_newer(run.path(), 10_000_000).unwrap();
+        assert_eq!(committed(&checkpoint_dir(run.path())).unwrap().len(), 2);
+    }
+
+    /// A marker naming weights anywhere but beside it is refused, by `--checkpoint` too.
+    #[test]
+    fn a_marker_names_weights_beside_it_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for weights in ["..", ".", "../x.safetensors", "/etc/passwd", ""] {
+            let marker = dir.path().join("iter_0000001.json");
+            let mut s = state(1);
+            s.weights = weights.to_string();
+            std::fs::write(&marker, serde_json::to_string(&s).unwrap()).unwrap();
+            let err = resolve_weights(&marker).unwrap_err().to_string();
+            assert!(err.contains("not a file beside it"), "{weights}: {err}");
+            assert!(verify(&marker).is_err());
+        }
+    }
+
+    /// A fresh training does not follow a `checkpoints` link to delete files elsewhere.
+    #[cfg(unix)]
+    #[test]
+    fn clear_refuses_a_linked_checkpoint_directory() {
+        let run = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let marker = elsewhere.path().join("iter_0000001.json");
+        std::fs::write(&marker, "{}").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), checkpoint_dir(run.path())).unwrap();
+        let err = clear(run.path()).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(marker.exists());
+    }
 }
