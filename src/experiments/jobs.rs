@@ -265,6 +265,20 @@ impl SweepInvocation {
     pub fn job_command(&self, id: &str) -> Result<String> {
         shell_join(&self.job_argv(id))
     }
+
+    /// The command of a job array's task: the job id is `id_prefix` followed by the shell
+    /// variable `index_var` (expanded when the task runs); every other word is quoted, so
+    /// nothing else in the command is substituted.
+    pub fn array_job_command(&self, id_prefix: &str, index_var: &str) -> Result<String> {
+        let mut argv = self.sweep_argv();
+        argv.push("--job".into());
+        let quoted_prefix = shlex::try_quote(id_prefix)
+            .map_err(|e| anyhow::anyhow!("cannot quote {id_prefix:?} for a shell: {e}"))?;
+        Ok(format!(
+            "{} {quoted_prefix}\"${{{index_var}}}\"",
+            shell_join(&argv)?
+        ))
+    }
 }
 
 /// Quotes each word for a POSIX shell where needed and joins them with spaces.

@@ -208,7 +208,7 @@ impl Submitter<'_> {
         )?;
         let mut flags = vec![
             format!("--job-name=lbwnet-{name}-s{seed}-float"),
-            format!("--output={}/%x-%j.out", self.dirs.logs.display()),
+            output_flag(&self.dirs.logs, "%x-%j.out"),
         ];
         flags.extend(sbatch_flags(self.spec));
         let id = sbatch(&self.dirs.workdir, &flags, &script)?;
@@ -246,16 +246,16 @@ impl Submitter<'_> {
         let script = self.dirs.slurm.join(format!("seed-{seed}-cells.sbatch"));
         let command = self
             .invocation
-            .job_command(&format!("seed-{seed}/cell-{}", "@INDEX@"))?;
+            .array_job_command(&format!("seed-{seed}/cell-"), "SLURM_ARRAY_TASK_ID")?;
         write_script(
             &script,
             &format!("sweep {name}, seed {seed}: the cells, one per array task"),
-            &command.replace("@INDEX@", "${SLURM_ARRAY_TASK_ID}"),
+            &command,
         )?;
         let list: Vec<String> = indices.iter().map(usize::to_string).collect();
         let mut flags = vec![
             format!("--job-name=lbwnet-{name}-s{seed}-cells"),
-            format!("--output={}/%x-%A_%a.out", self.dirs.logs.display()),
+            output_flag(&self.dirs.logs, "%x-%A_%a.out"),
             format!("--array={}", list.join(",")),
         ];
         if let Some(float_id) = float_slurm {
@@ -410,9 +410,56 @@ fn squeue(ids: &[String]) -> Result<Option<Vec<String>>> {
     ))
 }
 
+/// sbatch's `--output` for logs named by `pattern` (sbatch's `%` codes) in `dir`: a `%` in
+/// the directory itself is doubled, which sbatch reads as a literal `%`.
+fn output_flag(dir: &Path, pattern: &str) -> String {
+    format!(
+        "--output={}/{pattern}",
+        dir.display().to_string().replace('%', "%%")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `%` in the results path stays literal in `--output`; `@INDEX@` anywhere in the
+    /// command (binary, config, `--set` values) stays literal, and only the job id takes
+    /// the array index.
+    #[test]
+    fn only_the_job_id_takes_the_array_index_and_percent_stays_literal() {
+        assert_eq!(
+            output_flag(Path::new("/r/100%/logs"), "%x-%j.out"),
+            "--output=/r/100%%/logs/%x-%j.out"
+        );
+        let invocation = crate::experiments::jobs::SweepInvocation {
+            exe: "/opt/@INDEX@/lbwnet".into(),
+            config: "sweeps/@INDEX@.yaml".into(),
+            quick: true,
+            seeds: Some(2),
+            sets: vec!["name=run-@INDEX@".into()],
+        };
+        let command = invocation
+            .array_job_command("seed-0/cell-", "SLURM_ARRAY_TASK_ID")
+            .unwrap();
+        assert_eq!(command.matches("@INDEX@").count(), 3, "{command}");
+        let run = Command::new("sh")
+            .args([
+                "-c",
+                &format!("set -- {command}; for a; do echo \"$a\"; done"),
+            ])
+            .env("SLURM_ARRAY_TASK_ID", "7")
+            .output()
+            .unwrap();
+        let words: Vec<String> = String::from_utf8(run.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(words[0], "/opt/@INDEX@/lbwnet");
+        assert!(words.contains(&"name=run-@INDEX@".to_string()), "{words:?}");
+        assert_eq!(words.last().unwrap(), "seed-0/cell-7");
+    }
 
     #[test]
     fn a_slurm_block_becomes_sbatch_flags_in_a_fixed_order() {
