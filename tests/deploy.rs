@@ -460,12 +460,23 @@ fn bad_inputs_are_refused_with_the_file_named() {
         lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
     )
     .unwrap();
+    // Metadata edited to claim a parameter count the tensors do not hold (sizes derived
+    // from it would wrap: 4 bytes a parameter).
+    let inflated = dir.path().join("inflated.lbw");
+    file.meta.format_version = ModelFile::read(&t.model).unwrap().meta.format_version;
+    file.meta.params = u64::MAX / 2;
+    std::fs::write(
+        &inflated,
+        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
+    )
+    .unwrap();
     let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
     let image = dataset_image(t);
     for (path, why) in [
         (&truncated, "truncated"),
         (&corrupted, "checksum"),
         (&future, "version 99"),
+        (&inflated, "parameters"),
         (&weights, "lbwnet export"),
         (&dir.path().join("missing.lbw"), "reading model file"),
     ] {

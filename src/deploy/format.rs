@@ -261,9 +261,25 @@ impl ModelFile {
                 "quantized layers but no quantizer in the metadata"
             );
         }
+        let mut params = 0u64;
+        let mut quantized_tensors = std::collections::HashSet::new();
         for layer in &self.meta.layers {
-            self.packed(layer)?;
+            let packed = self.packed(layer)?;
+            params += packed.shape.iter().map(|&d| d as u64).product::<u64>();
+            quantized_tensors.insert(format!("{}{CODES_SUFFIX}", layer.name));
+            quantized_tensors.insert(format!("{}{ALPHA_SUFFIX}", layer.name));
         }
+        // Every other tensor is a float variable; their sizes are bounded by the file's.
+        for (name, tensor) in &self.tensors {
+            if !quantized_tensors.contains(name) {
+                params += tensor.shape.iter().map(|&d| d as u64).product::<u64>();
+            }
+        }
+        ensure!(
+            self.meta.params == params,
+            "the metadata counts {} parameters, the tensors hold {params}",
+            self.meta.params
+        );
         Ok(())
     }
 
@@ -319,7 +335,10 @@ impl ModelFile {
             .with_context(|| {
                 format!("layer {}: shape {:?} is too large", layer.name, layer.shape)
             })?;
-        let expected = (numel * u64::from(layer.bits)).div_ceil(8);
+        let expected = numel
+            .checked_mul(u64::from(layer.bits))
+            .with_context(|| format!("layer {}: shape {:?} is too large", layer.name, layer.shape))?
+            .div_ceil(8);
         ensure!(
             codes.data.len() as u64 == expected,
             "layer {}: {} bytes of codes, {expected} expected for shape {:?} at {} bits",
