@@ -380,11 +380,15 @@ impl ExperimentConfig {
     /// reaches libtorch or an allocation it would fail on (a panic). Each error names the
     /// key, the value and what is allowed.
     pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            bail!(
-                "key `name`: `{}` is not a valid run name (non-empty, no slashes)",
-                self.name
-            );
+        crate::fsutil::check_name(&self.name).context("key `name` (the run's directory)")?;
+        for (key, split) in [
+            ("data.train_split", &self.data.train_split),
+            ("data.test_split", &self.data.test_split),
+        ] {
+            crate::fsutil::check_name(split).with_context(|| format!("key `{key}`"))?;
+        }
+        for class in self.data.classes.iter().flatten() {
+            crate::fsutil::check_name(class).context("key `data.classes`")?;
         }
         self.validate_data()?;
         self.validate_model()?;

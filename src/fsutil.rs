@@ -121,6 +121,24 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// The one rule for a name from a data set, config or model file that becomes part of a
+/// path (class names in comp4 file names, image ids, split names, run and sweep names):
+/// `^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$`. It admits every VOC and COCO class name
+/// ("traffic light" included) and no path separator, `.` or `..`, so such a name never
+/// leads a path out of its directory.
+pub fn check_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || " _.+-".contains(c));
+    if !(first_ok && rest_ok && name.len() <= 64) {
+        anyhow::bail!(
+            "`{}` is not allowed as a name: use 1 to 64 letters, digits, spaces and `_.+-`, starting with a letter or digit",
+            name.escape_debug()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +167,25 @@ mod tests {
             remove_stale_temp_files(&dir.path().join("none")).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn the_name_rule_admits_class_names_and_no_path() {
+        for ok in [
+            "aeroplane",
+            "traffic light",
+            "potted_plant",
+            "x+y-1.0",
+            "000123",
+            "a",
+        ] {
+            check_name(ok).unwrap();
+        }
+        let long = "a".repeat(65);
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", " a", ".hidden", "a\0b", "é", &long,
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} was admitted");
+        }
     }
 }

@@ -470,6 +470,15 @@ fn bad_inputs_are_refused_with_the_file_named() {
         lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
     )
     .unwrap();
+    // A class name that is a path (`eval --model` names comp4 files after classes).
+    let escaping = dir.path().join("escaping.lbw");
+    file.meta.params = ModelFile::read(&t.model).unwrap().meta.params;
+    file.meta.classes[0] = "../../escaped".into();
+    std::fs::write(
+        &escaping,
+        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
+    )
+    .unwrap();
     let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
     let image = dataset_image(t);
     for (path, why) in [
@@ -477,6 +486,7 @@ fn bad_inputs_are_refused_with_the_file_named() {
         (&corrupted, "checksum"),
         (&future, "version 99"),
         (&inflated, "parameters"),
+        (&escaping, "../../escaped"),
         (&weights, "lbwnet export"),
         (&dir.path().join("missing.lbw"), "reading model file"),
     ] {

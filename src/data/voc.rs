@@ -8,6 +8,7 @@
 //! box reaching past the image is clipped to it with a warning; one wholly outside is
 //! refused. (Training leaves out boxes with no area at the detector's scale; see
 //! `loader::target_boxes`.) Every error names the file.
+use crate::fsutil::check_name;
 use anyhow::{bail, Context, Result};
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -159,9 +160,8 @@ fn check_class_list(classes: &[String]) -> Result<()> {
     }
     let mut seen = HashSet::new();
     for name in classes {
-        if name.is_empty() || name.contains(char::is_whitespace) {
-            bail!("class name `{name}` is empty or contains whitespace");
-        }
+        // Class names name the comp4 files.
+        check_name(name).context("class name")?;
         if !seen.insert(name.as_str()) {
             bail!("class `{name}` is listed twice");
         }
@@ -181,6 +181,14 @@ pub fn read_image_set(root: &Path, split: &str) -> Result<Vec<String>> {
         let Some(id) = line.split_whitespace().next() else {
             continue;
         };
+        // Image ids name the image, annotation and drawn files.
+        check_name(id).with_context(|| {
+            format!(
+                "image set {} line {}: image id",
+                path.display(),
+                line_no + 1
+            )
+        })?;
         if !seen.insert(id.to_string()) {
             bail!(
                 "image set {} line {}: image `{id}` is listed twice",

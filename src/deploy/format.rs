@@ -242,6 +242,10 @@ impl ModelFile {
             "corrupted: the tensor data's checksum is {crc:08x}, the header says {:08x}",
             meta.crc32
         );
+        // Class names name the comp4 files `eval --model` writes.
+        for class in &meta.classes {
+            crate::fsutil::check_name(class).context("a class name in the metadata")?;
+        }
         let file = ModelFile {
             path: path.to_path_buf(),
             meta,

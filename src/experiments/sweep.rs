@@ -93,6 +93,9 @@ impl SweepConfig {
                 e.inner()
             )
         })?;
+        // The name is a directory under `output_dir` (and part of Slurm job names).
+        crate::fsutil::check_name(&sweep.name)
+            .with_context(|| format!("sweep config {}: key `name`", path.display()))?;
         if !sweep.base.is_absolute() {
             let beside = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
             if beside.is_file() {
