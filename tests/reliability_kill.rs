@@ -220,16 +220,45 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint() {
             Some(c) => panic!("exit {c} before the kill: {text}"),
         }
     }
-    // Finish the run, and compare with the uninterrupted one.
-    let args = if markers(&run_dir).is_empty() {
-        &fresh
-    } else {
-        &resume
+    // Whatever the random kills hit, one resume from a mid-run checkpoint is arranged: a
+    // fresh run is killed once it has written a checkpoint before its last iteration, and
+    // the resume must continue from exactly that one and finish.
+    let mid_run = loop {
+        std::fs::remove_dir_all(&run_dir).ok();
+        let mut child = spawn(&fresh, &log);
+        let started = Instant::now();
+        let at = loop {
+            if !markers(&run_dir).is_empty() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break markers(&run_dir)
+                    .last()
+                    .copied()
+                    .filter(|&last| last < ITERATIONS);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break None; // finished before a checkpoint was seen: try again
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "lbwnet train hung"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if let Some(at) = at {
+            break at;
+        }
     };
     assert_eq!(
-        wait(&mut spawn(args, &log), None),
+        wait(&mut spawn(&resume, &log), None),
         Some(0),
         "{}",
+        read_log()
+    );
+    assert_eq!(
+        resumed_at(&read_log()),
+        Some(mid_run),
+        "the resume did not continue from the mid-run checkpoint {mid_run}: {}",
         read_log()
     );
     assert!(run_dir.join("metrics.json").exists());

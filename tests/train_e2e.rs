@@ -52,11 +52,13 @@ fn train_checkpoint_resume_and_evaluate() {
         "{}",
         run_dir.display()
     );
-    assert!((0.0..=1.0).contains(&metrics.map), "{}", metrics.map);
     assert!(!report.ap.is_empty());
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
             .unwrap();
+    // What the run reports is what it wrote and what its evaluation computed.
+    assert_eq!(json["map"].as_f64(), Some(metrics.map));
+    assert_eq!(metrics.map, report.map);
     for key in [
         "map",
         "metric",
@@ -119,7 +121,13 @@ fn evaluate_command_reads_a_finished_run() {
     ]);
     let line = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(json["metric"], "voc07");
+    // Evaluating the finished run again gives the numbers its training wrote.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.run_dir().join("metrics.json")).unwrap())
+            .unwrap();
+    for key in ["metric", "map", "ap", "coco"] {
+        assert_eq!(json[key], written[key], "{key}: eval --run vs metrics.json");
+    }
     let images = std::fs::read_dir(cfg.run_dir().join("eval").join("images"))
         .unwrap()
         .count();
