@@ -20,6 +20,8 @@ pub struct PhaseTiming {
     pub derived: bool,
 }
 
+/// What `--breakdown` measured: per-phase medians in float and quantized, their sums, and
+/// the ordinary step of the same rounds.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepBreakdown {
     pub model: String,

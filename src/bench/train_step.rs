@@ -24,6 +24,8 @@ pub struct TrainStepOptions {
     pub lr: f64,
 }
 
+/// What `bench train-step` measured: every timed step of both models, their medians and
+/// ratio, the proposals and RoIs each step scored, inference passes and peak memory.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepTiming {
     pub model: String,

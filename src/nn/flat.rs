@@ -69,6 +69,7 @@ struct FixedLayer {
     spec: QuantSpec,
 }
 
+/// A model's trainable variables in flat buffers, and the quantization pass over them.
 pub struct FlatParameters {
     groups: Vec<FlatGroup>,
     runs: Vec<QuantRun>,
