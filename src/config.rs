@@ -696,7 +696,8 @@ pub fn is_positive(v: f64) -> bool {
 
 /// Upper bounds of the numeric keys (beyond them a value is a typo, or would exhaust
 /// memory or threads rather than train).
-const MAX_IMAGE_SIDE: u32 = 8192;
+/// The largest image side a config (or a model file) may resize to.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
 const MAX_THREADS: usize = 1024;
 const MAX_COUNT: usize = 10_000_000;
 const MAX_ITERATIONS: usize = 1_000_000_000;

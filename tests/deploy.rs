@@ -479,6 +479,16 @@ fn bad_inputs_are_refused_with_the_file_named() {
         lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
     )
     .unwrap();
+    // Input sizes past the config's bounds (each image would be resized to 100000 px).
+    let huge_input = dir.path().join("huge-input.lbw");
+    file.meta.classes = ModelFile::read(&t.model).unwrap().meta.classes;
+    file.meta.input.min_size = 100_000;
+    file.meta.input.max_size = 100_000;
+    std::fs::write(
+        &huge_input,
+        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
+    )
+    .unwrap();
     let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
     let image = dataset_image(t);
     for (path, why) in [
@@ -487,6 +497,7 @@ fn bad_inputs_are_refused_with_the_file_named() {
         (&future, "version 99"),
         (&inflated, "parameters"),
         (&escaping, "../../escaped"),
+        (&huge_input, "input sizes"),
         (&weights, "lbwnet export"),
         (&dir.path().join("missing.lbw"), "reading model file"),
     ] {

@@ -242,6 +242,16 @@ impl ModelFile {
             "corrupted: the tensor data's checksum is {crc:08x}, the header says {:08x}",
             meta.crc32
         );
+        // The input sizes decide how large every decoded image becomes: the config's bounds.
+        let input = meta.input;
+        ensure!(
+            (1..=crate::config::MAX_IMAGE_SIDE).contains(&input.min_size)
+                && (input.min_size..=crate::config::MAX_IMAGE_SIDE).contains(&input.max_size),
+            "the metadata's input sizes {} / {} are not allowed: need 1 <= min_size <= max_size <= {}",
+            input.min_size,
+            input.max_size,
+            crate::config::MAX_IMAGE_SIDE
+        );
         // Class names name the comp4 files `eval --model` writes.
         for class in &meta.classes {
             crate::fsutil::check_name(class).context("a class name in the metadata")?;

@@ -62,7 +62,10 @@ impl DeployedModel {
         float_cfg.model.backbone_weights = None;
         float_cfg.train.init_from = None;
         let mut vs = VarStore::new(device);
-        let model = FasterRcnn::new(&vs.root(), &float_cfg, meta.classes.len())?;
+        // A stored config can ask for layers too large to allocate: libtorch's refusal is an
+        // error here, not a panic.
+        let model = catch_panic(|| FasterRcnn::new(&vs.root(), &float_cfg, meta.classes.len()))
+            .context("building the model its config describes")?;
         let weights = decode_weights(file)?;
         let mut variables = vs.variables();
         tch::no_grad(|| -> Result<()> {
