@@ -452,43 +452,28 @@ fn bad_inputs_are_refused_with_the_file_named() {
     let at = bytes.len() - 1000;
     flipped[at] ^= 0x10;
     std::fs::write(&corrupted, &flipped).unwrap();
-    let future = dir.path().join("future.lbw");
-    let mut file = ModelFile::read(&t.model).unwrap();
-    file.meta.format_version = 99;
-    std::fs::write(
-        &future,
-        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
-    )
-    .unwrap();
-    // Metadata edited to claim a parameter count the tensors do not hold (sizes derived
-    // from it would wrap: 4 bytes a parameter).
-    let inflated = dir.path().join("inflated.lbw");
-    file.meta.format_version = ModelFile::read(&t.model).unwrap().meta.format_version;
-    file.meta.params = u64::MAX / 2;
-    std::fs::write(
-        &inflated,
-        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
-    )
-    .unwrap();
+    // The model with one edit to its metadata (the tensors and their checksum unchanged).
+    let edited = |name: &str, edit: &dyn Fn(&mut lbwnet::deploy::format::ModelMeta)| {
+        let mut file = ModelFile::read(&t.model).unwrap();
+        edit(&mut file.meta);
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
+        )
+        .unwrap();
+        path
+    };
+    let future = edited("future.lbw", &|m| m.format_version = 99);
+    // A parameter count the tensors do not hold (sizes derived from it would wrap).
+    let inflated = edited("inflated.lbw", &|m| m.params = u64::MAX / 2);
     // A class name that is a path (`eval --model` names comp4 files after classes).
-    let escaping = dir.path().join("escaping.lbw");
-    file.meta.params = ModelFile::read(&t.model).unwrap().meta.params;
-    file.meta.classes[0] = "../../escaped".into();
-    std::fs::write(
-        &escaping,
-        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
-    )
-    .unwrap();
+    let escaping = edited("escaping.lbw", &|m| m.classes[0] = "../../escaped".into());
     // Input sizes past the config's bounds (each image would be resized to 100000 px).
-    let huge_input = dir.path().join("huge-input.lbw");
-    file.meta.classes = ModelFile::read(&t.model).unwrap().meta.classes;
-    file.meta.input.min_size = 100_000;
-    file.meta.input.max_size = 100_000;
-    std::fs::write(
-        &huge_input,
-        lbwnet::deploy::format::encode(&file.meta, &file.tensors).unwrap(),
-    )
-    .unwrap();
+    let huge_input = edited("huge-input.lbw", &|m| {
+        m.input.min_size = 100_000;
+        m.input.max_size = 100_000;
+    });
     let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
     let image = dataset_image(t);
     for (path, why) in [
