@@ -1,6 +1,6 @@
 //! `lbwnet bench detect`: images/s of an exported model against the training-time model in
 //! evaluation mode, load times, and the model file's size against the checkpoint.
-use super::{median, sync};
+use super::{elapsed_ms, median};
 use crate::config::ExperimentConfig;
 use crate::data::loader::{load_sample, LoaderConfig};
 use crate::data::voc::VocDataset;
@@ -185,22 +185,23 @@ fn timed_pass(
     cfg: &ExperimentConfig,
     device: Device,
 ) -> (f64, Vec<Tensor>) {
-    let start = Instant::now();
-    let mut outputs = Vec::with_capacity(batches.len());
-    for batch in batches {
-        if let Some(d) = model.detect(batch, &cfg.eval).into_iter().next() {
-            outputs.push(Tensor::cat(
-                &[
-                    d.boxes,
-                    d.scores.unsqueeze(1),
-                    d.labels.to_kind(Kind::Float).unsqueeze(1),
-                ],
-                1,
-            ));
+    let (outputs, ms) = elapsed_ms(device, || {
+        let mut outputs = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if let Some(d) = model.detect(batch, &cfg.eval).into_iter().next() {
+                outputs.push(Tensor::cat(
+                    &[
+                        d.boxes,
+                        d.scores.unsqueeze(1),
+                        d.labels.to_kind(Kind::Float).unsqueeze(1),
+                    ],
+                    1,
+                ));
+            }
         }
-    }
-    sync(device);
-    (start.elapsed().as_secs_f64(), outputs)
+        outputs
+    });
+    (ms / 1e3, outputs)
 }
 
 /// Alternating timed passes of the two models (after one warm-up round): images/s per
