@@ -92,10 +92,12 @@ fi
 step "lbwnet info"
 run info 60 "$BIN" info
 CUDA=0
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
-   && "$BIN" info 2>/dev/null | grep -q "cuda available: true"; then
+# lbwnet's own view decides (the lent machines have no nvidia-smi on PATH).
+if "$BIN" info 2>/dev/null | grep -q "cuda available: true"; then
   CUDA=1
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOGS/info.log"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOGS/info.log"
+  fi
   echo "CUDA: available; lbwnet runs on it"
 else
   echo "CUDA: not available (no GPU, no driver, or a CPU-only libtorch); running the CPU-side parts"

@@ -47,6 +47,16 @@ fn cuda_proposals_and_detections_equal_the_cpus() {
     let cfg = ExperimentConfig::load(&config, &overrides).unwrap();
     seed_torch(3);
     let (vs_cpu, cpu) = build_model(&cfg, 6, Device::Cpu, false).unwrap();
+    // A freshly initialized detector scores thousands of anchors and boxes within rounding
+    // of each other, so which ones pass a top-n or NMS cut would be decided by rounding.
+    // Scaled-up score layers spread the scores far apart, as training does.
+    tch::no_grad(|| {
+        for (name, mut var) in vs_cpu.variables() {
+            if name.ends_with("cls_logits.weight") || name.ends_with("cls_score.weight") {
+                let _ = var.g_mul_scalar_(100.0);
+            }
+        }
+    });
     let (mut vs_cuda, cuda) = build_model(&cfg, 6, Device::Cuda(0), false).unwrap();
     vs_cuda.copy(&vs_cpu).unwrap();
     let image = Tensor::rand([3, 240, 320], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
