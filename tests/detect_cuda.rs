@@ -79,12 +79,22 @@ fn cuda_proposals_and_detections_equal_the_cpus() {
     };
     let proposals = matched_fraction(&a.rpn.proposals[0], &b.rpn.proposals[0]);
     let detections = matched_fraction(&rows(da), &rows(db));
+    // Where a stage's inputs already differ, which stage it was.
+    let head =
+        |x: &Tensor, y: &Tensor| (x - y.to_device(Device::Cpu)).abs().max().double_value(&[]);
+    let context = format!(
+        "RPN objectness differs by up to {}, deltas by {}; {} CPU and {} CUDA proposals",
+        head(&a.rpn.objectness, &b.rpn.objectness),
+        head(&a.rpn.deltas, &b.rpn.deltas),
+        a.rpn.proposals[0].size()[0],
+        b.rpn.proposals[0].size()[0]
+    );
     assert!(
         proposals >= 0.99,
-        "{proposals} of the CPU's proposals found on CUDA"
+        "{proposals} of the CPU's proposals found on CUDA; {context}"
     );
     assert!(
         detections >= 0.99,
-        "{detections} of the CPU's detections found on CUDA"
+        "{detections} of the CPU's detections found on CUDA; {context}"
     );
 }
