@@ -92,21 +92,35 @@ fn sum_abs_segments(magnitudes: &Tensor, lengths: &Tensor) -> Tensor {
     sum.where_self(&max.isfinite(), &max.to_kind(Kind::Double))
 }
 
-// ATen's `segment_reduce` runs one CUDA thread per segment: on VGG-16's fc6 (103M weights
-// in one segment) a pass took 126 ms on an H200. These two spread every segment over the
-// whole device.
+// ATen's `segment_reduce` runs one CUDA thread per segment (VGG-16's pass took 126 ms on an
+// H200, fc6 being one segment of 103M weights), and a scatter-max into a few entries
+// serializes on atomics; these two are scans over the whole buffer.
 
-/// The maximum of each run of consecutive entries of the 1-D `data` (non-negative; run
-/// `i` has `lengths[i]` entries), 0 for an empty run.
+/// The maximum of each run of consecutive entries of the 1-D float32 `data` (non-negative;
+/// run `i` has `lengths[i]` entries), 0 for an empty run. Non-negative floats order like
+/// their bits; with the run's index above the bits, one running maximum over the whole
+/// buffer restarts at every run, and its value at a run's last entry is that run's maximum
+/// (NaN, whose bits are above infinity's, wins as in a tensor max).
 pub(crate) fn segment_max(data: &Tensor, lengths: &Tensor) -> Tensor {
+    let device = data.device();
     let segments = lengths.size()[0];
-    let ids = Tensor::arange(segments, (Kind::Int64, data.device())).repeat_interleave_self_tensor(
+    if data.numel() == 0 {
+        return Tensor::zeros([segments], (Kind::Float, device));
+    }
+    let ids = Tensor::arange(segments, (Kind::Int64, device)).repeat_interleave_self_tensor(
         lengths,
         0,
         data.size()[0],
     );
-    Tensor::zeros([segments], (data.kind(), data.device()))
-        .internal_scatter_reduce(0, &ids, data, "amax", true)
+    let keys = data.view_dtype(Kind::Int).to_kind(Kind::Int64) + ids * (1i64 << 32);
+    let (running, _) = keys.cummax(0);
+    let last = (lengths.cumsum(0, Kind::Int64) - 1).clamp_min(0);
+    running
+        .index_select(0, &last)
+        .bitwise_and((1i64 << 32) - 1)
+        .to_kind(Kind::Int)
+        .view_dtype(Kind::Float)
+        .where_scalarother(&lengths.gt(0), 0.0)
 }
 
 /// The sum of each run of consecutive entries of the 1-D float64 `data`, whose entries are
