@@ -52,20 +52,13 @@ impl FlatSegments {
             );
         }
         let extents: Vec<i64> = numels.iter().map(|&n| aligned(n)).collect();
-        // The segmented sums run one prefix sum over the whole buffer.
-        let total: i64 = extents.iter().sum();
-        ensure!(
-            total <= lbw::MAX_EXACT_SUM_LEN,
-            "{total} quantized weights of one spec: at most {} are supported",
-            lbw::MAX_EXACT_SUM_LEN
-        );
         let extents_tensor = Tensor::from_slice(&extents).to_device(device);
         let counts = Tensor::from_slice(&numels)
             .to_device(device)
             .to_kind(Kind::Double);
         Ok(FlatSegments {
             spec,
-            total,
+            total: extents.iter().sum(),
             numels,
             extents,
             extents_tensor,
@@ -156,7 +149,11 @@ impl FlatSegments {
                 &self.counts,
                 self.spec.c,
             ),
-            _ => baselines::pow2_scale_of_max(&lbw::segment_max(&magnitudes, &self.extents_tensor)),
+            _ => baselines::pow2_scale_of_max(&lbw::segment_reduce(
+                &magnitudes,
+                "max",
+                &self.extents_tensor,
+            )),
         };
         let per_weight = alpha.repeat_interleave_self_tensor(&self.extents_tensor, 0, self.total);
         levels::pow2_values_tensor(values, &per_weight, self.spec.levels().max_code())

@@ -68,20 +68,18 @@ pub(crate) fn scaled_mean_abs_segments(
 /// Per segment, Σ of `magnitudes` as float64: the tensor-op form of [`exact_sum_abs`].
 fn sum_abs_segments(magnitudes: &Tensor, lengths: &Tensor) -> Tensor {
     let total = magnitudes.numel() as i64;
-    let max = segment_max(magnitudes, lengths);
+    let max = segment_reduce(magnitudes, "max", lengths);
     let (_, exponent) = max.frexp();
     let exponent = exponent.to_kind(Kind::Int64);
     let scale = power_of_two(&(-&exponent + i64::from(LIMB_BITS)))
         .repeat_interleave_self_tensor(lengths, 0, total);
-    // Infinite and NaN entries count as 0 here (their segments take max|w| below), so they
-    // do not spill into the other segments through the shared prefix sums.
-    let mut rest = magnitudes.to_kind(Kind::Double).nan_to_num(0.0, 0.0, 0.0) * scale;
+    let mut rest = magnitudes.to_kind(Kind::Double) * scale;
     let mut sum = Tensor::zeros_like(&max).to_kind(Kind::Double);
     for limb in 0..LIMBS {
         // Half to even, as the CPU kernel; the high limb times 2^22 is even, so the limbs
         // add up to the rounded 44-bit value.
         let whole = rest.round();
-        let limb_sum = segment_integer_sum(&whole, lengths);
+        let limb_sum = segment_reduce(&whole, "sum", lengths);
         let weight = power_of_two(&(&exponent - i64::from(LIMB_BITS) * (limb as i64 + 1)));
         sum += limb_sum * weight;
         if limb + 1 < LIMBS {
@@ -92,48 +90,11 @@ fn sum_abs_segments(magnitudes: &Tensor, lengths: &Tensor) -> Tensor {
     sum.where_self(&max.isfinite(), &max.to_kind(Kind::Double))
 }
 
-// ATen's `segment_reduce` runs one CUDA thread per segment (VGG-16's pass took 126 ms on an
-// H200, fc6 being one segment of 103M weights), and a scatter-max into a few entries
-// serializes on atomics; these two are scans over the whole buffer.
-
-/// The maximum of each run of consecutive entries of the 1-D float32 `data` (non-negative;
-/// run `i` has `lengths[i]` entries), 0 for an empty run. Non-negative floats order like
-/// their bits; with the run's index above the bits, one running maximum over the whole
-/// buffer restarts at every run, and its value at a run's last entry is that run's maximum
-/// (NaN, whose bits are above infinity's, wins as in a tensor max).
-pub(crate) fn segment_max(data: &Tensor, lengths: &Tensor) -> Tensor {
-    let device = data.device();
-    let segments = lengths.size()[0];
-    if data.numel() == 0 {
-        return Tensor::zeros([segments], (Kind::Float, device));
-    }
-    let ids = Tensor::arange(segments, (Kind::Int64, device)).repeat_interleave_self_tensor(
-        lengths,
-        0,
-        data.size()[0],
-    );
-    let keys = data.view_dtype(Kind::Int).to_kind(Kind::Int64) + ids * (1i64 << 32);
-    let (running, _) = keys.cummax(0);
-    let last = (lengths.cumsum(0, Kind::Int64) - 1).clamp_min(0);
-    running
-        .index_select(0, &last)
-        .bitwise_and((1i64 << 32) - 1)
-        .to_kind(Kind::Int)
-        .view_dtype(Kind::Float)
-        .where_scalarother(&lengths.gt(0), 0.0)
-}
-
-/// The sum of each run of consecutive entries of the 1-D float64 `data`, whose entries are
-/// integers and whose running total stays below 2^53 in magnitude: the difference of an
-/// inclusive prefix sum at the runs' ends, exact whatever order the scan adds in.
-fn segment_integer_sum(data: &Tensor, lengths: &Tensor) -> Tensor {
-    let device = data.device();
-    let zero = |kind| Tensor::zeros([1], (kind, device));
-    let bounds = Tensor::cat(&[zero(Kind::Int64), lengths.cumsum(0, Kind::Int64)], 0);
-    let prefix = Tensor::cat(&[zero(Kind::Double), data.cumsum(0, Kind::Double)], 0);
-    let segments = lengths.size()[0];
-    prefix.index_select(0, &bounds.narrow(0, 1, segments))
-        - prefix.index_select(0, &bounds.narrow(0, 0, segments))
+/// `reduce` ("max", "sum") over consecutive segments of the 1-D `data`, 0 for an empty one.
+pub(crate) fn segment_reduce(data: &Tensor, reduce: &str, lengths: &Tensor) -> Tensor {
+    // `unsafe`: the lengths are ours and sum to the data's size; checking them would cost
+    // a device sync.
+    Tensor::segment_reduce(data, reduce, Some(lengths), None, None, 0, true, 0.0)
 }
 
 /// `2^k` as float64 for an int64 tensor `k` in float64's normal range, built from its bits
