@@ -474,6 +474,28 @@ fn bad_inputs_are_refused_with_the_file_named() {
         m.input.min_size = 100_000;
         m.input.max_size = 100_000;
     });
+    // A stored config asking for layers far larger than the tensors (finding 2 of #21):
+    // refused from the shapes alone, before anything is allocated.
+    let oversized = edited("oversized.lbw", &|m| {
+        m.config["model"]["small_width"] = 1024.into();
+        m.config["model"]["roi"]["head_hidden"] = 65536.into();
+    });
+    // A config whose model is another backbone than the tensors'.
+    let other_backbone = edited("other-backbone.lbw", &|m| {
+        m.config["model"]["backbone"] = "resnet50".into();
+    });
+    // One byte of the metadata edited in place: the checksum covers the metadata too.
+    let meta_edited = dir.path().join("meta-edited.lbw");
+    let mut edited_bytes = bytes.clone();
+    let key = b"small_width";
+    let at = edited_bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the stored config has small_width");
+    // Its value 16, past the (escaped) quote and colon, becomes 17.
+    let digit = at + edited_bytes[at..].iter().position(|&b| b == b'6').unwrap();
+    edited_bytes[digit] = b'7';
+    std::fs::write(&meta_edited, &edited_bytes).unwrap();
     let weights = checkpoint::resolve_weights(&t.cfg.run_dir()).unwrap();
     let image = dataset_image(t);
     for (path, why) in [
@@ -483,6 +505,9 @@ fn bad_inputs_are_refused_with_the_file_named() {
         (&inflated, "parameters"),
         (&escaping, "../../escaped"),
         (&huge_input, "input sizes"),
+        (&oversized, "has shape"),
+        (&other_backbone, "Resnet50 backbone"),
+        (&meta_edited, "checksum"),
         (&weights, "lbwnet export"),
         (&dir.path().join("missing.lbw"), "reading model file"),
     ] {
@@ -572,6 +597,47 @@ fn bad_inputs_are_refused_with_the_file_named() {
         s(&empty),
     );
     assert!(!model.exists());
+}
+
+#[test]
+fn version_1_files_load_with_a_warning() {
+    use lbwnet::deploy::format::{legacy_checksum, LEGACY_FORMAT_VERSION, METADATA_KEY};
+    let t = trained();
+    let file = ModelFile::read(&t.model).unwrap();
+    let mut meta = file.meta.clone();
+    meta.format_version = LEGACY_FORMAT_VERSION;
+    meta.crc32 = legacy_checksum(&file.tensors);
+    let views: Vec<_> = file
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data);
+            (name.clone(), view.unwrap())
+        })
+        .collect();
+    let info = HashMap::from([(
+        METADATA_KEY.to_string(),
+        serde_json::to_string(&meta).unwrap(),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("v1.lbw");
+    std::fs::write(
+        &v1,
+        safetensors::tensor::serialize(views, &Some(info)).unwrap(),
+    )
+    .unwrap();
+    let out = lbwnet_ok(&["inspect", s(&v1)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("format version 1"), "{stderr}");
+    // Its tensors still load, bit for bit.
+    assert_eq!(ModelFile::read(&v1).unwrap().tensors, file.tensors);
+    // A version 1 file with a flipped tensor byte is still refused.
+    let mut bytes = std::fs::read(&v1).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&v1, &bytes).unwrap();
+    let err = lbwnet_fails(&["inspect", s(&v1)], s(&v1));
+    assert!(err.contains("checksum"), "{err}");
 }
 
 fn dataset_image(t: &Trained) -> PathBuf {

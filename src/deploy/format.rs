@@ -9,9 +9,12 @@
 //!
 //! The metadata also holds the format version, the experiment config, the class names,
 //! the input normalization and sizes, the quantizer, provenance (run, checkpoint,
-//! iteration, mAP) and a CRC-32 of every tensor's bytes (in name order), so a truncated
-//! or corrupted file is refused with its name rather than loaded.
+//! iteration, mAP) and a CRC-32 over the metadata (with its own `crc32` field zero) and
+//! every tensor's name, dtype, shape and bytes (in name order), so a truncated, corrupted
+//! or edited file is refused with its name rather than loaded. Version 1 files, whose
+//! CRC covered only the tensor bytes, still load, with a warning.
 use crate::config::{ExperimentConfig, Normalization};
+use crate::detect::architecture::Architecture;
 use crate::quant::{LevelSet, Method, PackedTensor, QuantSpec};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -21,8 +24,10 @@ use std::path::{Path, PathBuf};
 
 /// `format` of every lbwnet model file.
 pub const FORMAT: &str = "lbwnet-packed";
-/// The version this lbwnet writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this lbwnet writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The older version this lbwnet still reads (its checksum covers only the tensor bytes).
+pub const LEGACY_FORMAT_VERSION: u32 = 1;
 /// The safetensors `__metadata__` key holding [`ModelMeta`] as JSON.
 pub const METADATA_KEY: &str = "lbwnet";
 /// Suffixes of a quantized weight's two tensors.
@@ -51,7 +56,7 @@ pub struct ModelMeta {
     /// Weight storage as the sweep table counts it: b-bit codes plus an f32 alpha per
     /// quantized layer, f32 for the rest.
     pub storage_bytes: u64,
-    /// CRC-32 of every tensor's bytes, tensors in name order.
+    /// [`checksum`] of the file (version 1: [`legacy_checksum`]).
     pub crc32: u32,
 }
 
@@ -146,8 +151,8 @@ impl RawTensor {
     }
 }
 
-/// CRC-32 of the tensors' bytes in name order (a BTreeMap iterates sorted).
-pub fn checksum(tensors: &BTreeMap<String, RawTensor>) -> u32 {
+/// Version 1's CRC-32: the tensors' bytes in name order (a BTreeMap iterates sorted).
+pub fn legacy_checksum(tensors: &BTreeMap<String, RawTensor>) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     for tensor in tensors.values() {
         hasher.update(&tensor.data);
@@ -155,11 +160,38 @@ pub fn checksum(tensors: &BTreeMap<String, RawTensor>) -> u32 {
     hasher.finalize()
 }
 
+/// The CRC-32 a file stores: its metadata as JSON with `crc32` set to 0 (the key keeps its
+/// place), then per tensor in name order its name, dtype, shape and bytes. `metadata` is
+/// the JSON as written or as parsed back; both serialize to the same text.
+pub fn checksum(
+    metadata: &serde_json::Value,
+    tensors: &BTreeMap<String, RawTensor>,
+) -> Result<u32> {
+    let mut metadata = metadata.clone();
+    let fields = metadata
+        .as_object_mut()
+        .context("the lbwnet metadata is not a JSON object")?;
+    fields.insert("crc32".into(), 0.into());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&serde_json::to_vec(&metadata)?);
+    for (name, tensor) in tensors {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(format!("{:?}", tensor.dtype).as_bytes());
+        hasher.update(&(tensor.shape.len() as u64).to_le_bytes());
+        for &d in &tensor.shape {
+            hasher.update(&(d as u64).to_le_bytes());
+        }
+        hasher.update(&tensor.data);
+    }
+    Ok(hasher.finalize())
+}
+
 /// The file's bytes: the safetensors container of `tensors` with `meta` (whose `crc32`
 /// is filled in here).
 pub fn encode(meta: &ModelMeta, tensors: &BTreeMap<String, RawTensor>) -> Result<Vec<u8>> {
     let mut meta = meta.clone();
-    meta.crc32 = checksum(tensors);
+    meta.crc32 = checksum(&serde_json::to_value(&meta)?, tensors)?;
     let views = tensors
         .iter()
         .map(|(name, t)| {
@@ -215,15 +247,16 @@ impl ModelFile {
             "format {format:?} is not `{FORMAT}`"
         );
         let version = value.get("format_version").and_then(|v| v.as_u64());
-        match version {
-            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        let legacy = match version {
+            Some(v) if v == u64::from(FORMAT_VERSION) => false,
+            Some(v) if v == u64::from(LEGACY_FORMAT_VERSION) => true,
             Some(v) => bail!(
-                "unknown format version {v}: this lbwnet reads version {FORMAT_VERSION} (export the model again, or use the lbwnet that wrote it)"
+                "unknown format version {v}: this lbwnet reads versions {LEGACY_FORMAT_VERSION} and {FORMAT_VERSION} (export the model again, or use the lbwnet that wrote it)"
             ),
             None => bail!("the metadata has no format_version"),
-        }
+        };
         let meta: ModelMeta =
-            serde_json::from_value(value).context("its lbwnet metadata is incomplete")?;
+            serde_json::from_value(value.clone()).context("its lbwnet metadata is incomplete")?;
         let tensors: BTreeMap<String, RawTensor> = container
             .tensors()
             .into_iter()
@@ -236,12 +269,25 @@ impl ModelFile {
                 (name, tensor)
             })
             .collect();
-        let crc = checksum(&tensors);
-        ensure!(
-            crc == meta.crc32,
-            "corrupted: the tensor data's checksum is {crc:08x}, the header says {:08x}",
-            meta.crc32
-        );
+        if legacy {
+            let crc = legacy_checksum(&tensors);
+            ensure!(
+                crc == meta.crc32,
+                "corrupted: the tensor data's checksum is {crc:08x}, the header says {:08x}",
+                meta.crc32
+            );
+            tracing::warn!(
+                "model file {}: format version {LEGACY_FORMAT_VERSION}, whose checksum does not cover the metadata (an edit to it goes unnoticed); `lbwnet export` writes version {FORMAT_VERSION}",
+                path.display()
+            );
+        } else {
+            let crc = checksum(&value, &tensors)?;
+            ensure!(
+                crc == meta.crc32,
+                "corrupted: the checksum of the metadata and tensors is {crc:08x}, the header says {:08x}",
+                meta.crc32
+            );
+        }
         // The input sizes decide how large every decoded image becomes: the config's bounds.
         let input = meta.input;
         ensure!(
@@ -264,7 +310,60 @@ impl ModelFile {
             header_bytes: 8 + header_len as u64,
         };
         file.check_layers()?;
+        file.check_architecture(&file.config(&[])?)?;
         Ok(file)
+    }
+
+    /// The tensors are exactly the parameters of the model `cfg` describes, shape for
+    /// shape, with the same weights quantized: derived from the config without building
+    /// the model, so a config cannot size an allocation that the file's tensors do not back.
+    pub fn check_architecture(&self, cfg: &ExperimentConfig) -> Result<()> {
+        let arch = Architecture::of(cfg, self.meta.classes.len())
+            .context("the model its config describes")?;
+        arch.parameter_count()
+            .context("the model its config describes")?;
+        let mut stored: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        let mut packed = std::collections::HashSet::new();
+        for layer in &self.meta.layers {
+            stored.insert(&layer.name, layer.shape.clone());
+            packed.insert(format!("{}{CODES_SUFFIX}", layer.name));
+            packed.insert(format!("{}{ALPHA_SUFFIX}", layer.name));
+        }
+        for (name, tensor) in &self.tensors {
+            if !packed.contains(name) {
+                let shape = tensor.shape.iter().map(|&d| d as i64).collect();
+                stored.insert(name, shape);
+            }
+        }
+        let described = arch.parameters();
+        for (name, shape) in &described {
+            match stored.remove(name.as_str()) {
+                Some(found) if found == *shape => {}
+                Some(found) => bail!(
+                    "tensor {name} has shape {found:?}; the model its config describes ({:?} backbone) has {shape:?}",
+                    cfg.model.backbone
+                ),
+                None => bail!(
+                    "no tensor for parameter {name} of the model its config describes ({:?} backbone)",
+                    cfg.model.backbone
+                ),
+            }
+        }
+        if let Some(name) = stored.keys().next() {
+            bail!(
+                "tensor {name} is not a parameter of the model its config describes ({:?} backbone)",
+                cfg.model.backbone
+            );
+        }
+        let mut quantized: Vec<&str> = self.meta.layers.iter().map(|l| l.name.as_str()).collect();
+        let mut expected = arch.quantized_weights();
+        quantized.sort_unstable();
+        expected.sort_unstable();
+        ensure!(
+            quantized == expected,
+            "the quantized layers {quantized:?} are not those of the config's quantizer ({expected:?})"
+        );
+        Ok(())
     }
 
     /// Every quantized layer has its codes and alpha, of the sizes its shape and bits need.

@@ -54,6 +54,9 @@ impl DeployedModel {
     /// Builds the float model and decodes `file`'s weights into it.
     pub fn from_file(file: &ModelFile, device: Device, overrides: &[String]) -> Result<Self> {
         let config = file.config(overrides)?;
+        if !overrides.is_empty() {
+            file.check_architecture(&config)?;
+        }
         let meta = file.meta.clone();
         ensure!(!meta.classes.is_empty(), "the class list is empty");
         // The same network with every layer in float: the weights are already Q(W).

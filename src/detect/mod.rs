@@ -1,6 +1,7 @@
 //! Faster R-CNN parts, one concept per file, each matching its torchvision counterpart
 //! (SPEC §2).
 pub mod anchors;
+pub mod architecture;
 pub mod box_coder;
 pub mod box_ops;
 pub mod faster_rcnn;

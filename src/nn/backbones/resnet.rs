@@ -12,10 +12,10 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 /// Bottleneck output channels are `EXPANSION * planes`.
-const EXPANSION: i64 = 4;
-const STEM_CHANNELS: i64 = 64;
+pub const EXPANSION: i64 = 4;
+pub const STEM_CHANNELS: i64 = 64;
 /// (name, planes, blocks, stride of the first block) of the four stages.
-const STAGES: [(&str, i64, usize, i64); 4] = [
+pub const STAGES: [(&str, i64, usize, i64); 4] = [
     ("layer1", 64, 3, 1),
     ("layer2", 128, 4, 2),
     ("layer3", 256, 6, 2),

@@ -16,9 +16,9 @@ use tch::Tensor;
 /// Conv blocks per stage; the first of each has stride 2. The extra block at stride 16
 /// doubles the receptive field (31 -> 63 px) for about 40% more time; more blocks at the
 /// early, large-resolution stages would cost most.
-const BLOCKS_PER_STAGE: [usize; 4] = [1, 1, 1, 2];
+pub const BLOCKS_PER_STAGE: [usize; 4] = [1, 1, 1, 2];
 /// Channel multipliers of the stages, times `small_width`.
-const STAGE_WIDTHS: [i64; 4] = [1, 2, 4, 8];
+pub const STAGE_WIDTHS: [i64; 4] = [1, 2, 4, 8];
 /// GroupNorm groups (fewer when the channels are not a multiple of it).
 const NORM_GROUPS: i64 = 8;
 pub const POOL_SIZE: i64 = 7;
@@ -41,6 +41,11 @@ fn gcd(a: i64, b: i64) -> i64 {
     } else {
         gcd(b, a % b)
     }
+}
+
+/// GroupNorm groups for `channels` channels.
+pub fn norm_groups(channels: i64) -> i64 {
+    gcd(NORM_GROUPS, channels)
 }
 
 /// Builds the small backbone; `width` is `model.small_width`, `head_hidden` is
@@ -81,8 +86,12 @@ pub fn small(
                 3,
                 kaiming_conv(stride, 1),
             );
-            let groups = gcd(NORM_GROUPS, c_out);
-            let norm = nn::group_norm(&path / "norm", groups, c_out, Default::default());
+            let norm = nn::group_norm(
+                &path / "norm",
+                norm_groups(c_out),
+                c_out,
+                Default::default(),
+            );
             trunk = trunk.add(ConvNormRelu { conv, norm });
             c_in = c_out;
             index += 1;

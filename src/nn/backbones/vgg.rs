@@ -8,7 +8,7 @@ use tch::nn::{self, Init};
 
 /// Output channels of each 3x3 conv; `None` is a 2x2 max-pool. Indices into torchvision's
 /// `features` Sequential follow from this list (each conv is followed by a ReLU).
-const FEATURES: [Option<i64>; 17] = [
+pub const FEATURES: [Option<i64>; 17] = [
     Some(64),
     Some(64),
     None,
