@@ -1,6 +1,8 @@
 //! Helpers the integration tests share: running the built binary, reading the committed
 //! fixtures, reading checkpoint weights. Each test crate uses a subset.
 #![allow(dead_code)]
+pub mod fuzz;
+
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
