@@ -1,30 +1,85 @@
 //! `lbwnet export`: a training run's checkpoint as one packed low-bit model file.
-use crate::deploy::export_run;
-use anyhow::Result;
+use crate::deploy::export::run_model_file;
+use crate::deploy::onnx::export_onnx;
+use crate::deploy::{export_run, ExportSummary, ModelFile};
+use anyhow::{bail, ensure, Result};
 use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// The training run directory (its config.yaml and latest checkpoint).
-    #[arg(long, value_name = "RUN_DIR")]
-    pub run: PathBuf,
+    #[arg(
+        long,
+        value_name = "RUN_DIR",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    pub run: Option<PathBuf>,
+    /// A packed model file to convert (with --onnx) instead of a run.
+    #[arg(long, value_name = "MODEL.lbw")]
+    pub model: Option<PathBuf>,
     /// A checkpoint of that run to export instead of its latest (the .json state or the
     /// .safetensors weights).
-    #[arg(long)]
+    #[arg(long, requires = "run")]
     pub checkpoint: Option<PathBuf>,
-    /// The model file to write (atomically).
-    #[arg(long, value_name = "MODEL.lbw")]
-    pub out: PathBuf,
-    /// Print the summary as one JSON line.
+    /// The packed model file to write (atomically).
+    #[arg(long, value_name = "MODEL.lbw", requires = "run")]
+    pub out: Option<PathBuf>,
+    /// The ONNX model to write (atomically): the whole detector with low-bit weights.
+    #[arg(long, value_name = "MODEL.onnx", required_unless_present = "out")]
+    pub onnx: Option<PathBuf>,
+    /// Overrides of the model's `eval.*` settings for the ONNX graph (`--set
+    /// eval.score_thresh=0`).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "onnx")]
+    pub overrides: Vec<String>,
+    /// Print the summaries as JSON lines.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let summary = export_run(&args.run, args.checkpoint.as_deref(), &args.out)?;
+    let file = match (&args.run, &args.model) {
+        (Some(run), _) => match &args.out {
+            Some(out) => {
+                let summary = export_run(run, args.checkpoint.as_deref(), out)?;
+                print_summary(&summary, args.json)?;
+                ModelFile::read(out)?
+            }
+            None => run_model_file(run, args.checkpoint.as_deref())?,
+        },
+        (None, Some(model)) => ModelFile::read(model)?,
+        (None, None) => bail!("give --run RUN_DIR or --model MODEL.lbw"),
+    };
+    let Some(onnx) = &args.onnx else {
+        return Ok(());
+    };
+    for key in &args.overrides {
+        ensure!(
+            key.starts_with("eval."),
+            "--set {key}: only `eval.*` settings can change in an export (the model's shape is the file's)"
+        );
+    }
+    let cfg = file.config(&args.overrides)?;
+    let summary = export_onnx(&file, &cfg, onnx)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "wrote {}: {} bytes ({:.2}x the model file's {} bytes), float initializers {} bytes",
+            summary.path.display(),
+            summary.file_bytes,
+            summary.file_bytes as f64 / file.file_bytes as f64,
+            file.file_bytes,
+            summary.float_initializer_bytes
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &ExportSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
         return Ok(());
     }
     let mb = |b: u64| b as f64 / 1e6;

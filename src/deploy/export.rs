@@ -4,8 +4,8 @@
 //! with the run's own quantizer (the Q(W) every forward of the run used) and stored as its
 //! b-bit codes and f32 alpha; every other tensor is stored as f32.
 use super::format::{
-    encode, InputMeta, LayerMeta, ModelMeta, Provenance, QuantizerMeta, RawTensor, ALPHA_SUFFIX,
-    CODES_SUFFIX, FORMAT, FORMAT_VERSION,
+    encode, InputMeta, LayerMeta, ModelFile, ModelMeta, Provenance, QuantizerMeta, RawTensor,
+    ALPHA_SUFFIX, CODES_SUFFIX, FORMAT, FORMAT_VERSION,
 };
 use crate::config::ExperimentConfig;
 use crate::detect::faster_rcnn::FasterRcnn;
@@ -117,13 +117,7 @@ struct EncodedTensors {
 /// Exports `run_dir`'s latest checkpoint (or `checkpoint`: a state JSON or weights file
 /// of that run) to `out`, atomically.
 pub fn export_run(run_dir: &Path, checkpoint: Option<&Path>, out: &Path) -> Result<ExportSummary> {
-    let run = load_run(run_dir, checkpoint)?;
-    let metrics = finished_metrics(run_dir, run.iteration);
-    let specs = layer_specs(&run.model);
-    let variables = run.vs.variables();
-    let encoded = encode_tensors(&variables, &specs)?;
-    let layers = layer_metas(&run.model, &specs, &variables);
-    let meta = model_meta(run_dir, &run, metrics.as_ref(), layers, &encoded)?;
+    let (run, meta, encoded) = encode_run(run_dir, checkpoint)?;
     let file_bytes = write_model(&meta, &encoded.tensors, out)?;
     Ok(ExportSummary {
         path: out.to_path_buf(),
@@ -136,6 +130,28 @@ pub fn export_run(run_dir: &Path, checkpoint: Option<&Path>, out: &Path) -> Resu
         storage_bytes: encoded.storage,
         float32_bytes: 4 * encoded.params,
     })
+}
+
+/// The model file `export_run` would write, in memory, read back and checked.
+pub fn run_model_file(run_dir: &Path, checkpoint: Option<&Path>) -> Result<ModelFile> {
+    let (_, meta, encoded) = encode_run(run_dir, checkpoint)?;
+    let bytes = encode(&meta, &encoded.tensors)?;
+    ModelFile::from_bytes(run_dir, &bytes)
+}
+
+/// The run's model as a model file's metadata and tensors.
+fn encode_run(
+    run_dir: &Path,
+    checkpoint: Option<&Path>,
+) -> Result<(LoadedRun, ModelMeta, EncodedTensors)> {
+    let run = load_run(run_dir, checkpoint)?;
+    let metrics = finished_metrics(run_dir, run.iteration);
+    let specs = layer_specs(&run.model);
+    let variables = run.vs.variables();
+    let encoded = encode_tensors(&variables, &specs)?;
+    let layers = layer_metas(&run.model, &specs, &variables);
+    let meta = model_meta(run_dir, &run, metrics.as_ref(), layers, &encoded)?;
+    Ok((run, meta, encoded))
 }
 
 /// Reads the run's config, resolves the checkpoint and builds the run's model (on the

@@ -221,7 +221,12 @@ impl ModelFile {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading model file {}", path.display()))?;
-        Self::parse(path, &bytes).with_context(|| format!("model file {}", path.display()))
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// Checks the bytes of a model file; errors name `path` (where they came from).
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::parse(path, bytes).with_context(|| format!("model file {}", path.display()))
     }
 
     fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {

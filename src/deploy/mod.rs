@@ -12,6 +12,7 @@ pub mod format;
 pub mod images;
 pub mod inspect;
 pub mod model;
+pub mod onnx;
 
 pub use export::{export_run, ExportSummary};
 pub use format::{ModelFile, ModelMeta, FORMAT_VERSION};
