@@ -4,7 +4,7 @@
 use super::format::{ModelFile, ModelMeta};
 use crate::config::{EvalConfig, ExperimentConfig};
 use crate::data::transforms::{resize_normalize_into, resize_scale, scaled_size};
-use crate::detect::faster_rcnn::FasterRcnn;
+use crate::detect::faster_rcnn::{FasterRcnn, InferencePass};
 use crate::detect::image_list::ImageBatch;
 use crate::quant::{unpack, FLOAT_BITS};
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -104,9 +104,9 @@ impl DeployedModel {
         })
     }
 
-    /// Detections on one decoded image, in its own pixels, with scores above
-    /// `eval.score_thresh` (NMS and the per-image cap as `eval` says).
-    pub fn detect_image(&self, image: &RgbImage, eval: &EvalConfig) -> Result<Vec<Detection>> {
+    /// The network's input for `image`: normalized `[3, h, w]` pixels on the model's
+    /// device, resized as the data loader resizes, and the scale (resized / original).
+    pub fn network_input(&self, image: &RgbImage) -> Result<(Tensor, f64)> {
         let (width, height) = image.dimensions();
         ensure!(
             width > 0 && height > 0,
@@ -124,14 +124,35 @@ impl DeployedModel {
             input.normalization,
             &mut pixels,
         );
-        let (boxes, scores, labels) = catch_panic(|| {
-            let tensor = Tensor::from_slice(&pixels)
+        let tensor = catch_panic(|| {
+            Ok(Tensor::from_slice(&pixels)
                 .view([3, i64::from(new_height), i64::from(new_width)])
-                .to_device(self.device);
-            let batch = ImageBatch::new(&[tensor], vec![scale]);
-            let dets = self
-                .model
-                .detect(&batch, eval)
+                .to_device(self.device))
+        })?;
+        Ok((tensor, scale))
+    }
+
+    /// The whole test-time pass on one image, intermediates included (boxes in the
+    /// network input's pixels), and the scale from the image to the network input.
+    pub fn inference_pass(
+        &self,
+        image: &RgbImage,
+        eval: &EvalConfig,
+    ) -> Result<(InferencePass, f64)> {
+        let (tensor, scale) = self.network_input(image)?;
+        let batch = ImageBatch::new(&[tensor], vec![scale]);
+        let pass = catch_panic(|| Ok(self.model.inference_pass(&batch, eval)))?;
+        Ok((pass, scale))
+    }
+
+    /// Detections on one decoded image, in its own pixels, with scores above
+    /// `eval.score_thresh` (NMS and the per-image cap as `eval` says).
+    pub fn detect_image(&self, image: &RgbImage, eval: &EvalConfig) -> Result<Vec<Detection>> {
+        let (width, height) = image.dimensions();
+        let (pass, scale) = self.inference_pass(image, eval)?;
+        let (boxes, scores, labels) = catch_panic(|| {
+            let dets = pass
+                .detections
                 .into_iter()
                 .next()
                 .context("the detector returned no image")?;

@@ -34,6 +34,21 @@ pub const OPSET: i64 = 17;
 /// The graph input (with the config's `eval.score_thresh` as its default) that keeps
 /// detections scoring above it.
 pub const SCORE_THRESH: &str = "score_thresh";
+/// The intermediates the graph names, as lbwnet's inference pass computes them (for
+/// checking the graph stage by stage): the normalized `[1, 3, h, w]` network input, the
+/// trunk's features, the RPN's objectness `[h*w*A]` and deltas `[h*w*A, 4]` in the
+/// anchors' order, the proposals `[P, 4]`, the head's class logits `[P, C+1]` and box
+/// deltas `[P, 4(C+1)]`. Each quantized weight's decoded value is named as its tensor
+/// (`<layer>.weight`).
+pub const STAGES: [&str; 7] = [
+    "network_input",
+    "features",
+    "rpn_objectness",
+    "rpn_deltas",
+    "proposals",
+    "class_logits",
+    "box_deltas",
+];
 /// The IR version that goes with [`OPSET`].
 const IR_VERSION: i64 = 8;
 
@@ -87,10 +102,21 @@ impl GraphBuilder {
         self.node_n(op, inputs, 1, attrs).remove(0)
     }
 
-    /// Renames the output of the last node (for the graph's outputs).
-    fn name_last_output(&mut self, name: &str) {
-        let node = self.nodes.last_mut().expect("a node");
-        node.output[0] = name.into();
+    /// Gives `value`, the output of a node added last (before any node reads it), the
+    /// stable `name`: the graph's outputs and the intermediates of [`STAGES`].
+    fn rename(&mut self, value: &str, name: &str) -> String {
+        let node = self
+            .nodes
+            .iter_mut()
+            .rev()
+            .find(|n| n.output.iter().any(|o| o == value))
+            .expect("a value produced by a node");
+        for output in &mut node.output {
+            if output == value {
+                *output = name.into();
+            }
+        }
+        name.into()
     }
 
     fn initializer(
@@ -349,6 +375,7 @@ impl Writer<'_> {
         for layer in &arch.trunk {
             features = self.layer(layer, &features)?;
         }
+        let features = self.g.rename(&features, STAGES[1]);
         let proposals = self.proposals(arch, cfg, &features, &input)?;
         let (logits, deltas) = self.box_head(arch, cfg, &features, &proposals)?;
         self.detections(cfg, &logits, &deltas, &proposals, &input, arch)
@@ -434,6 +461,7 @@ impl Writer<'_> {
         let add = g.f32s(&[1, 3, 1, 1], &add);
         let pixels = g.node("Mul", &[&pixels, &mul], &[]);
         let pixels = g.node("Add", &[&pixels, &add], &[]);
+        let pixels = g.rename(&pixels, STAGES[0]);
         // Clip limits [w, h, w, h] in the network's pixels and in the original's.
         let wh_order = g.vec_i64(&[1, 0, 1, 0]);
         let sides_f = g.node(
@@ -640,7 +668,8 @@ impl Writer<'_> {
         let levels = g.node("Gather", &[&table, &field], &[]);
         let values = g.node("Mul", &[&levels, &alpha], &[]);
         let dims = g.vec_i64(shape);
-        Ok(g.node("Reshape", &[&values, &dims], &[]))
+        let weight = g.node("Reshape", &[&values, &dims], &[]);
+        Ok(g.rename(&weight, name))
     }
 
     /// The float value of every b-bit field: a two's-complement code's signed level
@@ -699,6 +728,7 @@ impl Writer<'_> {
         );
         let flat = g.vec_i64(&[-1]);
         let objectness = g.node("Reshape", &[&objectness, &flat], &[]);
+        let objectness = g.rename(&objectness, STAGES[2]);
         let feature_shape = g.node("Shape", &[features], &[]);
         let two = g.vec_i64(&[2]);
         let four = g.vec_i64(&[4]);
@@ -713,6 +743,7 @@ impl Writer<'_> {
         );
         let rows = g.vec_i64(&[-1, 4]);
         let deltas = g.node("Reshape", &[&deltas, &rows], &[]);
+        let deltas = g.rename(&deltas, STAGES[3]);
         let anchors = grid_anchors(g, &hw, &cell, anchors_per_cell, m.feature_stride);
 
         let count = g.node("Shape", &[&objectness], &[]);
@@ -751,7 +782,8 @@ impl Writer<'_> {
             m.rpn.nms_thresh,
             m.rpn.post_nms_top_n_test,
         )?;
-        Ok(g.node("Gather", &[&boxes, &keep], &[("axis", Attr::Int(0))]))
+        let proposals = g.node("Gather", &[&boxes, &keep], &[("axis", Attr::Int(0))]);
+        Ok(g.rename(&proposals, STAGES[4]))
     }
 
     /// RoI pooling and the box head: class logits `[P, C+1]` and deltas `[P, 4(C+1)]`.
@@ -833,7 +865,9 @@ impl Writer<'_> {
             hidden = self.layer(layer, &hidden)?;
         }
         let logits = self.layer(&arch.cls_score, &hidden)?;
+        let logits = self.g.rename(&logits, STAGES[5]);
         let deltas = self.layer(&arch.bbox_pred, &hidden)?;
+        let deltas = self.g.rename(&deltas, STAGES[6]);
         Ok((logits, deltas))
     }
 
@@ -945,20 +979,12 @@ impl Writer<'_> {
         let boxes = g.node("Div", &[&boxes, &input.scale], &[]);
         let zero_f = g.f64s(&[], &[0.0]);
         let boxes = g.node("Max", &[&boxes, &zero_f], &[]);
-        g.node("Min", &[&boxes, &input.original_limits], &[]);
-        g.name_last_output("boxes");
-        g.node(
-            "Gather",
-            &[&scores, &final_index],
-            &[("axis", Attr::Int(0))],
-        );
-        g.name_last_output("scores");
-        g.node(
-            "Gather",
-            &[&labels, &final_index],
-            &[("axis", Attr::Int(0))],
-        );
-        g.name_last_output("labels");
+        let boxes = g.node("Min", &[&boxes, &input.original_limits], &[]);
+        g.rename(&boxes, "boxes");
+        let scores = select(g, &scores, &final_index);
+        g.rename(&scores, "scores");
+        let labels = select(g, &labels, &final_index);
+        g.rename(&labels, "labels");
         Ok(())
     }
 }

@@ -142,10 +142,16 @@ impl FasterRcnn {
             let rpn = self
                 .rpn
                 .forward(&features, &batch.sizes, &batch.scales, None, false);
-            let detections = self
+            let head = self
                 .roi_head
                 .detect(&features, &rpn.proposals, &batch.sizes, eval);
-            InferencePass { rpn, detections }
+            InferencePass {
+                features,
+                rpn,
+                class_logits: head.class_logits,
+                box_deltas: head.box_deltas,
+                detections: head.detections,
+            }
         })
     }
 }
@@ -157,8 +163,14 @@ pub struct TrainingPass {
     pub losses: LossTerms,
 }
 
-/// A test-time forward pass: the detections and the RPN's outputs (test-time top-n).
+/// A test-time forward pass: the detections and how they came about (the trunk's
+/// features, the RPN's outputs with the test-time top-n, the head's raw outputs).
 pub struct InferencePass {
+    pub features: Tensor,
     pub rpn: RpnOutput,
+    /// `[P, C+1]` for all images' proposals in order.
+    pub class_logits: Tensor,
+    /// `[P, 4(C+1)]`.
+    pub box_deltas: Tensor,
     pub detections: Vec<Detections>,
 }

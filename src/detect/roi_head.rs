@@ -23,6 +23,16 @@ pub struct Detections {
     pub labels: Tensor,
 }
 
+/// The head at test time: its raw outputs for every proposal (all images' proposals
+/// concatenated) and the detections per image.
+pub struct HeadPass {
+    /// `[P, C+1]`.
+    pub class_logits: Tensor,
+    /// `[P, 4(C+1)]`.
+    pub box_deltas: Tensor,
+    pub detections: Vec<Detections>,
+}
+
 pub struct RoiHeadLosses {
     pub classifier: Tensor,
     pub box_reg: Tensor,
@@ -221,14 +231,15 @@ impl RoiHead {
         (labels, target.boxes.index_select(0, &clamped))
     }
 
-    /// Test-time detections per image (boxes in network-input coordinates).
+    /// Test-time detections per image (boxes in network-input coordinates), with the
+    /// class logits and box deltas they came from.
     pub fn detect(
         &self,
         features: &Tensor,
         proposals: &[Tensor],
         image_sizes: &[(i64, i64)],
         eval: &EvalConfig,
-    ) -> Vec<Detections> {
+    ) -> HeadPass {
         let rois: Vec<Tensor> = proposals
             .iter()
             .enumerate()
@@ -242,7 +253,7 @@ impl RoiHead {
         let counts: Vec<i64> = proposals.iter().map(|p| p.size()[0]).collect();
         let all_boxes = self.coder.decode(&deltas, &Tensor::cat(proposals, 0));
         let mut start = 0;
-        counts
+        let detections = counts
             .iter()
             .zip(image_sizes)
             .map(|(&count, &(height, width))| {
@@ -251,7 +262,12 @@ impl RoiHead {
                 start += count;
                 self.postprocess(&boxes, &scores, height, width, eval)
             })
-            .collect()
+            .collect();
+        HeadPass {
+            class_logits: logits,
+            box_deltas: deltas,
+            detections,
+        }
     }
 
     fn postprocess(

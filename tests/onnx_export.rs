@@ -1,0 +1,504 @@
+//! `lbwnet export --onnx` checked by onnxruntime (through the project's Python
+//! environment, `tests/onnx_check.py` and `scripts/onnx-detect.py`): the ONNX checker and
+//! the size rules, the pooling and NMS operators against the torchvision fixtures, the
+//! graph fed lbwnet's own intermediates stage by stage with its decoded weights equal to
+//! Q(W) bit for bit, and end to end on trained small models at 2, 4 and 6 bits against
+//! `lbwnet detect` and `eval --model`.
+mod common;
+
+use common::lbwnet_ok;
+use image::RgbImage;
+use lbwnet::config::ExperimentConfig;
+use lbwnet::deploy::format::ModelFile;
+use lbwnet::deploy::model::{decode_weights, DeployedModel};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
+
+/// The project's Python environment (`make setup`): onnx, onnxruntime, numpy, pillow.
+fn python() -> PathBuf {
+    let env = std::env::var_os("LBWNET_TORCH_ENV").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lbwnet/torch-2.11.0"),
+        PathBuf::from,
+    );
+    env.join("bin/python")
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs the Python environment on `args`, which must succeed; its stdout.
+fn run_python(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python().display()));
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn check(args: &[&str]) -> Value {
+    let check = repo("tests/onnx_check.py");
+    let mut all = vec![check.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run_python(&all);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `lbwnet export --model lbw --onnx onnx args`, then the checker and size rules.
+fn export_onnx(lbw: &Path, onnx: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["-q", "export", "--model", s(lbw), "--onnx", s(onnx)];
+    all.extend_from_slice(args);
+    lbwnet_ok(&all);
+    let file = ModelFile::read(lbw).unwrap();
+    let float_bytes: usize = file
+        .tensors
+        .values()
+        .filter(|t| t.dtype == safetensors::tensor::Dtype::F32)
+        .map(|t| t.data.len())
+        .sum();
+    check(&[
+        "model",
+        s(onnx),
+        "--lbw-bytes",
+        &file.file_bytes.to_string(),
+        "--lbw-float-bytes",
+        &float_bytes.to_string(),
+    ])
+}
+
+/// lbwnet's intermediates for `image` (the names of `lbwnet::deploy::onnx::STAGES`,
+/// the final `boxes` / `scores` / `labels` in the image's pixels before rounding, and
+/// `weight/<name>`: each quantized weight's Q(W)), written as `npz`.
+fn write_stages(lbw: &Path, overrides: &[String], image: &Path, npz: &Path) {
+    let model = DeployedModel::load(lbw, Device::Cpu, overrides).unwrap();
+    let picture = image::open(image).unwrap().to_rgb8();
+    let (pass, scale) = model.inference_pass(&picture, &model.config.eval).unwrap();
+    let dets = &pass.detections[0];
+    let (width, height) = picture.dimensions();
+    let limits = Tensor::from_slice(&[width, height, width, height].map(f64::from));
+    let boxes = (dets.boxes.to_kind(Kind::Double) / scale)
+        .clamp_min(0.0)
+        .minimum(&limits);
+    let (network_input, _) = model.network_input(&picture).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        ("network_input".into(), network_input.unsqueeze(0)),
+        ("features".into(), pass.features.shallow_clone()),
+        ("rpn_objectness".into(), pass.rpn.objectness.get(0)),
+        ("rpn_deltas".into(), pass.rpn.deltas.get(0)),
+        ("proposals".into(), pass.rpn.proposals[0].shallow_clone()),
+        ("class_logits".into(), pass.class_logits.shallow_clone()),
+        ("box_deltas".into(), pass.box_deltas.shallow_clone()),
+        ("boxes".into(), boxes),
+        ("scores".into(), dets.scores.shallow_clone()),
+        ("labels".into(), dets.labels.to_kind(Kind::Int64)),
+    ];
+    let file = ModelFile::read(lbw).unwrap();
+    let weights = decode_weights(&file).unwrap();
+    for layer in &file.meta.layers {
+        tensors.push((
+            format!("weight/{}", layer.name),
+            weights[&layer.name].shallow_clone(),
+        ));
+    }
+    Tensor::write_npz(&tensors, npz).unwrap();
+}
+
+/// A config for a model with random weights (never trained): `backbone` and its sizes.
+fn random_config(root: &Path, model: &str, bits: u32) -> ExperimentConfig {
+    let yaml = format!(
+        r#"
+name: random
+data:
+  root: {data}
+  min_size: 120
+  max_size: 160
+  synthetic: {{train: 4, test: 2, seed: 3, width: 160, height: 120}}
+model:
+{model}
+quant: {{bits: {bits}, method: lbw}}
+train:
+  output_dir: {runs}
+  device: cpu
+  threads: 2
+"#,
+        data = root.join("data").display(),
+        runs = root.join("runs").display()
+    );
+    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("random.yaml")).unwrap()
+}
+
+/// A run directory holding `cfg` and freshly initialized weights (seeded), exported as
+/// `.lbw`; its path.
+fn random_model(root: &Path, cfg: &ExperimentConfig, name: &str) -> PathBuf {
+    // tch's RNG is global: one initialization at a time, so the weights are the seed's.
+    static SEEDED: Mutex<()> = Mutex::new(());
+    let _one = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(11);
+    let classes = cfg.data.synthetic.as_ref().unwrap().shapes.len();
+    let (vs, _model) = lbwnet::train::setup::build_model(cfg, classes, Device::Cpu, false).unwrap();
+    // Each residual branch's last norm scaled down (as zero-init-residual schemes do), so
+    // that a random ResNet's activations stay of order one and its RPN proposes many boxes.
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            if name.ends_with("bn3.weight") {
+                let _ = var.g_mul_scalar_(0.2);
+            }
+        }
+    });
+    let run = root.join(name);
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::write(run.join("config.yaml"), cfg.to_yaml().unwrap()).unwrap();
+    let weights = run.join("checkpoints").join("random.safetensors");
+    vs.save(&weights).unwrap();
+    let lbw = root.join(format!("{name}.lbw"));
+    lbwnet_ok(&[
+        "-q",
+        "export",
+        "--run",
+        s(&run),
+        "--checkpoint",
+        s(&weights),
+        "--out",
+        s(&lbw),
+    ]);
+    lbw
+}
+
+/// A deterministic test picture with edges and texture (any content serves random weights).
+fn picture(path: &Path, width: u32, height: u32) {
+    let image = RgbImage::from_fn(width, height, |x, y| {
+        let v = |k: u32| ((x * k + y * (k + 3) + (x * y) % 29) % 256) as u8;
+        image::Rgb([
+            v(3),
+            v(5),
+            if (x / 20 + y / 20) % 2 == 0 { 40 } else { 210 },
+        ])
+    });
+    image.save(path).unwrap();
+}
+
+#[test]
+fn resnet50_c4_at_4_bits_matches_lbwnet_stage_by_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = random_config(
+        root,
+        "  backbone: resnet50\n  rpn: {pre_nms_top_n_test: 300, post_nms_top_n_test: 24}",
+        4,
+    );
+    let lbw = random_model(root, &cfg, "resnet50");
+    let onnx = root.join("resnet50.onnx");
+    // Random weights leave no detection above the default 0.05: threshold 0.
+    let overrides = ["eval.score_thresh=0".to_string()];
+    let summary = export_onnx(&lbw, &onnx, &["--set", &overrides[0]]);
+    eprintln!("resnet50 C4 4-bit: {summary}");
+    let image = root.join("picture.png");
+    picture(&image, 150, 110);
+    let npz = root.join("stages.npz");
+    write_stages(&lbw, &overrides, &image, &npz);
+    let report = check(&["stages", s(&onnx), s(&npz), s(&image)]);
+    eprintln!("resnet50 C4 4-bit stages: {report}");
+    assert!(report["proposal_count"].as_u64().unwrap() >= 10, "{report}");
+    assert!(report["detections"].as_u64().unwrap() >= 10, "{report}");
+    check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
+}
+
+#[test]
+fn roi_pool_and_aligned_variants_match_lbwnet_and_the_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = root.join("picture.png");
+    // Resized to the configs' 120 pixels on the short side.
+    picture(&image, 150, 110);
+    let small = "  backbone: small\n  small_width: 16\n  anchor_sizes: [32, 64]\n  rpn: {channels: 64, pre_nms_top_n_test: 200, post_nms_top_n_test: 30}\n  roi: {head_hidden: 256, ";
+    for (name, roi, bits) in [
+        ("roi_pool", "pooler: roi_pool}", 3),
+        ("aligned", "aligned: true, sampling_ratio: 0}", 5),
+    ] {
+        let cfg = random_config(root, &format!("{small}{roi}"), bits);
+        let lbw = random_model(root, &cfg, name);
+        let onnx = root.join(format!("{name}.onnx"));
+        let overrides = ["eval.score_thresh=0".to_string()];
+        export_onnx(&lbw, &onnx, &["--set", &overrides[0]]);
+        let npz = root.join(format!("{name}.npz"));
+        write_stages(&lbw, &overrides, &image, &npz);
+        let report = check(&["stages", s(&onnx), s(&npz), s(&image)]);
+        eprintln!("{name}: {report}");
+        let ops = check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
+        eprintln!("{name} operators: {ops}");
+        let pooling = if name == "roi_pool" {
+            "max_roi_pool"
+        } else {
+            "roi_align half_pixel"
+        };
+        assert!(
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .any(|k| k.starts_with(pooling)),
+            "{ops}"
+        );
+    }
+}
+
+/// A small model trained briefly (seconds) at `bits`: enough for detections above the
+/// default score threshold of 0.05 and a non-trivial mAP. The images are resized (x1.2),
+/// so the graph's Resize is part of what is compared.
+fn trained_config(root: &Path, bits: u32) -> ExperimentConfig {
+    let yaml = format!(
+        r#"
+name: onnx{bits}
+data:
+  root: {data}
+  min_size: 180
+  max_size: 240
+  loader_threads: 1
+  synthetic: {{train: 40, test: 12, seed: 5, width: 200, height: 150}}
+model:
+  backbone: small
+  small_width: 16
+  anchor_sizes: [32, 64, 128]
+  rpn: {{channels: 64, pre_nms_top_n_test: 600, post_nms_top_n_test: 100}}
+  roi: {{batch_size_per_image: 64, head_hidden: 256}}
+quant: {{bits: {bits}, method: lbw}}
+train:
+  iterations: 120
+  lr: 0.02
+  lr_steps: [100]
+  warmup_iterations: 20
+  checkpoint_interval: 0
+  log_interval: 40
+  output_dir: {runs}
+  device: cpu
+  threads: 1
+"#,
+        data = root.join("data").display(),
+        runs = root.join("runs").display()
+    );
+    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("onnx.yaml")).unwrap()
+}
+
+/// PNG copies (decoded by lbwnet's own image reader, so no JPEG decoder differs) of the
+/// test split's images; (id, path) in split order.
+fn png_copies(cfg: &ExperimentConfig, dir: &Path) -> Vec<(String, PathBuf)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let split = cfg.data.root.join("ImageSets/Main/test.txt");
+    std::fs::read_to_string(split)
+        .unwrap()
+        .split_whitespace()
+        .map(|id| {
+            let jpeg = cfg.data.root.join("JPEGImages").join(format!("{id}.jpg"));
+            let png = dir.join(format!("{id}.png"));
+            image::open(&jpeg).unwrap().to_rgb8().save(&png).unwrap();
+            (id.to_string(), png)
+        })
+        .collect()
+}
+
+/// One detection of `lbwnet detect --json` / `scripts/onnx-detect.py`.
+#[derive(Debug, Clone)]
+struct Found {
+    class: String,
+    score: f64,
+    bbox: [f64; 4],
+}
+
+/// Per image (in input order): its size and detections, from JSON lines.
+fn parse_detections(stdout: &str) -> Vec<((u32, u32), Vec<Found>)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let size = (
+                v["width"].as_u64().unwrap() as u32,
+                v["height"].as_u64().unwrap() as u32,
+            );
+            let found = v["detections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| Found {
+                    class: d["class"].as_str().unwrap().to_string(),
+                    score: d["score"].as_f64().unwrap(),
+                    bbox: std::array::from_fn(|i| d["box"][i].as_f64().unwrap()),
+                })
+                .collect();
+            (size, found)
+        })
+        .collect()
+}
+
+/// How many of `want` have a distinct partner in `got`: same class, every coordinate
+/// within 0.01 px (+1e-6: both sides round to 0.01) and score within 1e-4.
+fn matched(want: &[Found], got: &[Found]) -> usize {
+    let mut used = vec![false; got.len()];
+    want.iter()
+        .filter(|w| {
+            let partner = got.iter().enumerate().position(|(i, g)| {
+                !used[i]
+                    && g.class == w.class
+                    && (g.score - w.score).abs() <= 1e-4
+                    && g.bbox
+                        .iter()
+                        .zip(&w.bbox)
+                        .all(|(a, b)| (a - b).abs() <= 0.01 + 1e-6)
+            });
+            partner.map(|i| used[i] = true).is_some()
+        })
+        .count()
+}
+
+fn map_of(stdout: &[u8]) -> f64 {
+    let v: Value = serde_json::from_slice(stdout).unwrap();
+    v["map"].as_f64().unwrap()
+}
+
+/// The whole path for one bit-width: train, export both files, compare onnxruntime with
+/// `lbwnet detect` image by image and with `eval --model` by mAP, then stage by stage.
+fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = trained_config(root, bits);
+    // Trained by the binary: its RNG is its own, not shared with the other tests'.
+    let config = root.join("onnx.yaml");
+    std::fs::write(&config, cfg.to_yaml().unwrap()).unwrap();
+    lbwnet_ok(&["-q", "train", "--config", s(&config)]);
+    let lbw = root.join("model.lbw");
+    lbwnet_ok(&["-q", "export", "--run", s(&cfg.run_dir()), "--out", s(&lbw)]);
+    let onnx = root.join("model.onnx");
+    let summary = export_onnx(&lbw, &onnx, &[]);
+    eprintln!("{bits}-bit: {summary}");
+
+    let images = png_copies(&cfg, &root.join("png"));
+    let paths: Vec<&str> = images.iter().map(|(_, p)| s(p)).collect();
+    let thresh = cfg.eval.score_thresh.to_string();
+    let mut detect = vec![
+        "-q",
+        "detect",
+        "--model",
+        s(&lbw),
+        "--json",
+        "--score-thresh",
+        &thresh,
+    ];
+    detect.extend(&paths);
+    let ours = parse_detections(&String::from_utf8(lbwnet_ok(&detect).stdout).unwrap());
+    let script = repo("scripts/onnx-detect.py");
+    let mut ort_args = vec![s(&script), "--model", s(&onnx), "--score-thresh", &thresh];
+    ort_args.extend(&paths);
+    let theirs = parse_detections(&run_python(&ort_args));
+    assert_eq!(ours.len(), images.len());
+    assert_eq!(theirs.len(), images.len());
+    let (mut total, mut found, mut total_ort, mut found_ort) = (0, 0, 0, 0);
+    for ((size, a), (size_ort, b)) in ours.iter().zip(&theirs) {
+        assert_eq!(size, size_ort);
+        total += a.len();
+        found += matched(a, b);
+        total_ort += b.len();
+        found_ort += matched(b, a);
+    }
+    eprintln!(
+        "{bits}-bit: {found} of lbwnet's {total} detections matched by onnxruntime, \
+         {found_ort} of its {total_ort} by lbwnet's"
+    );
+    assert!(total >= 50, "too few detections to compare: {total}");
+    assert!(
+        found as f64 >= 0.99 * total as f64,
+        "{found} of {total} matched"
+    );
+    assert!(
+        found_ort as f64 >= 0.99 * total_ort as f64,
+        "{found_ort} of {total_ort} matched"
+    );
+
+    // onnxruntime's detections as comp4 files (VOC's 1-based pixels), scored by eval-dets.
+    let classes = ModelFile::read(&lbw).unwrap().meta.classes;
+    let mut per_class = vec![Vec::new(); classes.len()];
+    for ((id, _), ((width, height), found)) in images.iter().zip(&theirs) {
+        for f in found {
+            let limits = [*width, *height, *width, *height];
+            per_class[classes.iter().position(|c| *c == f.class).unwrap()].push(
+                lbwnet::eval::Detection {
+                    image_id: id.clone(),
+                    score: f.score,
+                    bbox: std::array::from_fn(|i| {
+                        (f.bbox[i] + 1.0).clamp(1.0, f64::from(limits[i]))
+                    }),
+                },
+            );
+        }
+    }
+    let comp4 = root.join("ort-comp4");
+    std::fs::create_dir_all(&comp4).unwrap();
+    lbwnet::eval::write_comp4(&comp4, "test", &classes, &per_class).unwrap();
+    let data = s(&cfg.data.root);
+    let ort_map = map_of(
+        &lbwnet_ok(&[
+            "-q",
+            "eval-dets",
+            "--data",
+            data,
+            "--dets",
+            s(&comp4),
+            "--json",
+        ])
+        .stdout,
+    );
+    let eval_out = root.join("eval");
+    let lbwnet_map = map_of(
+        &lbwnet_ok(&[
+            "-q",
+            "eval",
+            "--model",
+            s(&lbw),
+            "--set",
+            &format!("data.root={data}"),
+            "--json",
+            "--out",
+            s(&eval_out),
+        ])
+        .stdout,
+    );
+    eprintln!("{bits}-bit: mAP onnxruntime {ort_map:.6}, eval --model {lbwnet_map:.6}");
+    assert!(
+        lbwnet_map > 0.02,
+        "the run learned nothing: mAP {lbwnet_map}"
+    );
+    assert!(
+        (ort_map - lbwnet_map).abs() <= 1e-3,
+        "{ort_map} vs {lbwnet_map}"
+    );
+
+    let npz = root.join("stages.npz");
+    write_stages(&lbw, &[], &images[0].1, &npz);
+    let report = check(&["stages", s(&onnx), s(&npz), s(&images[0].1)]);
+    eprintln!("{bits}-bit stages: {report}");
+    check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
+}
+
+#[test]
+fn onnxruntime_reproduces_lbwnet_at_2_bits() {
+    onnxruntime_reproduces_lbwnet_at(2);
+}
+
+#[test]
+fn onnxruntime_reproduces_lbwnet_at_4_bits() {
+    onnxruntime_reproduces_lbwnet_at(4);
+}
+
+#[test]
+fn onnxruntime_reproduces_lbwnet_at_6_bits() {
+    onnxruntime_reproduces_lbwnet_at(6);
+}
