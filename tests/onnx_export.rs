@@ -216,16 +216,19 @@ fn resnet50_c4_at_4_bits_matches_lbwnet_stage_by_stage() {
 }
 
 #[test]
-fn roi_pool_and_aligned_variants_match_lbwnet_and_the_fixtures() {
+fn pooling_variants_and_3_5_7_8_bits_match_lbwnet_and_the_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let image = root.join("picture.png");
     // Resized to the configs' 120 pixels on the short side.
     picture(&image, 150, 110);
     let small = "  backbone: small\n  small_width: 16\n  anchor_sizes: [32, 64]\n  rpn: {channels: 64, pre_nms_top_n_test: 200, post_nms_top_n_test: 30}\n  roi: {head_hidden: 256, ";
+    // With the trained 2, 4 and 6 bits, every bit-width and field grouping the packing has.
     for (name, roi, bits) in [
         ("roi_pool", "pooler: roi_pool}", 3),
         ("aligned", "aligned: true, sampling_ratio: 0}", 5),
+        ("seven_bits", "sampling_ratio: 2}", 7),
+        ("eight_bits", "sampling_ratio: 2}", 8),
     ] {
         let cfg = random_config(root, &format!("{small}{roi}"), bits);
         let lbw = random_model(root, &cfg, name);
@@ -238,10 +241,10 @@ fn roi_pool_and_aligned_variants_match_lbwnet_and_the_fixtures() {
         eprintln!("{name}: {report}");
         let ops = check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
         eprintln!("{name} operators: {ops}");
-        let pooling = if name == "roi_pool" {
-            "max_roi_pool"
-        } else {
-            "roi_align half_pixel"
+        let pooling = match name {
+            "roi_pool" => "max_roi_pool",
+            "aligned" => "roi_align half_pixel",
+            _ => "roi_align output_half_pixel",
         };
         assert!(
             ops.as_object()
@@ -501,4 +504,26 @@ fn onnxruntime_reproduces_lbwnet_at_4_bits() {
 #[test]
 fn onnxruntime_reproduces_lbwnet_at_6_bits() {
     onnxruntime_reproduces_lbwnet_at(6);
+}
+
+#[test]
+fn vgg16_at_4_bits_matches_lbwnet_stage_by_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = random_config(
+        root,
+        "  backbone: vgg16\n  rpn: {pre_nms_top_n_test: 300, post_nms_top_n_test: 24}",
+        4,
+    );
+    let lbw = random_model(root, &cfg, "vgg16");
+    let onnx = root.join("vgg16.onnx");
+    let overrides = ["eval.score_thresh=0".to_string()];
+    let summary = export_onnx(&lbw, &onnx, &["--set", &overrides[0]]);
+    eprintln!("vgg16 4-bit: {summary}");
+    let image = root.join("picture.png");
+    picture(&image, 150, 110);
+    let npz = root.join("stages.npz");
+    write_stages(&lbw, &overrides, &image, &npz);
+    let report = check(&["stages", s(&onnx), s(&npz), s(&image)]);
+    eprintln!("vgg16 4-bit stages: {report}");
 }
