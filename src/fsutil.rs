@@ -65,15 +65,20 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
-    let dir = parent_dir(path)?;
-    let mut tmp = temp_builder()
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let dir = parent_dir(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut tmp = temp_builder().tempfile_in(dir).with_context(|| {
+        format!(
+            "writing {}: creating a temporary file in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
     fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file_mut()
         .sync_all()
         .with_context(|| format!("flushing {}", path.display()))?;
     tmp.persist(path)
+        .map_err(|e| e.error)
         .with_context(|| format!("renaming the temporary file onto {}", path.display()))?;
     sync_dir(dir)
 }
@@ -82,18 +87,25 @@ pub fn write_atomic_with(
 /// (libtorch's savers): `fill` gets the temporary path. The file is flushed to disk before
 /// the rename, and the directory after it.
 pub fn write_atomic_via_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = parent_dir(path)?;
+    let dir = parent_dir(path).with_context(|| format!("writing {}", path.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
     let tmp = temp_builder()
         .suffix(&format!(".{ext}"))
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?
+        .with_context(|| {
+            format!(
+                "writing {}: creating a temporary file in {}",
+                path.display(),
+                dir.display()
+            )
+        })?
         .into_temp_path();
     fill(&tmp).with_context(|| format!("writing {}", path.display()))?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("flushing {}", path.display()))?;
     tmp.persist(path)
+        .map_err(|e| e.error)
         .with_context(|| format!("renaming the temporary file onto {}", path.display()))?;
     sync_dir(dir)
 }

@@ -4,7 +4,7 @@
 //! the file named, never a panic.
 mod common;
 
-use common::{lbwnet, lbwnet_ok};
+use common::{lbwnet, lbwnet_fails, lbwnet_ok, path_arg};
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
 use lbwnet::deploy::DeployedModel;
@@ -87,26 +87,6 @@ fn trained() -> &'static Trained {
     })
 }
 
-/// Runs a command that must fail: non-zero exit, no panic, `names` in its error.
-fn lbwnet_fails(args: &[&str], names: &str) -> String {
-    let out = lbwnet(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "lbwnet {args:?} succeeded: {stderr}");
-    assert!(
-        !stderr.contains("panicked"),
-        "lbwnet {args:?} panicked: {stderr}"
-    );
-    assert!(
-        stderr.contains(names),
-        "lbwnet {args:?}: `{names}` not in {stderr}"
-    );
-    stderr
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn read_dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
@@ -140,14 +120,20 @@ fn exported_file_is_within_two_percent_of_the_table_figure_and_reproducible() {
 
     // Exporting again gives the same bytes.
     let again = t.root.join("again.lbw");
-    lbwnet_ok(&["export", "--run", s(&t.cfg.run_dir()), "--out", s(&again)]);
+    lbwnet_ok(&[
+        "export",
+        "--run",
+        path_arg(&t.cfg.run_dir()),
+        "--out",
+        path_arg(&again),
+    ]);
     assert_eq!(
         std::fs::read(&again).unwrap(),
         std::fs::read(&t.model).unwrap()
     );
 
     // inspect: every quantized layer at 6 bits, sizes adding up.
-    let out = lbwnet_ok(&["inspect", s(&t.model), "--json"]);
+    let out = lbwnet_ok(&["inspect", path_arg(&t.model), "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["file_bytes"], bytes);
     assert_eq!(report["storage_bytes"], figure);
@@ -178,7 +164,7 @@ fn exported_file_is_within_two_percent_of_the_table_figure_and_reproducible() {
     )
     .unwrap();
     assert_eq!(report["provenance"]["map"], metrics["map"]);
-    let text = String::from_utf8(lbwnet_ok(&["inspect", s(&t.model)]).stdout).unwrap();
+    let text = String::from_utf8(lbwnet_ok(&["inspect", path_arg(&t.model)]).stdout).unwrap();
     assert!(text.contains("backbone.features.0.conv.weight") && text.contains("float32"));
 }
 
@@ -189,18 +175,18 @@ fn eval_model_writes_the_runs_own_comp4_detections_byte_for_byte() {
     let out = lbwnet_ok(&[
         "eval",
         "--model",
-        s(&t.model),
+        path_arg(&t.model),
         "--out",
-        s(&out_dir),
+        path_arg(&out_dir),
         "--json",
     ]);
     let from_model: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let run = lbwnet_ok(&[
         "eval",
         "--run",
-        s(&t.cfg.run_dir()),
+        path_arg(&t.cfg.run_dir()),
         "--out",
-        s(&t.root.join("eval-run")),
+        path_arg(&t.root.join("eval-run")),
         "--json",
     ]);
     let from_run: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
@@ -306,16 +292,16 @@ fn detect_runs_on_files_and_directories_in_original_pixels() {
     let mut args = vec![
         "detect".to_string(),
         "--model".into(),
-        s(&t.model).into(),
+        path_arg(&t.model).into(),
         "--device".into(),
         "cpu".into(),
         "--out".into(),
-        s(&out_dir).into(),
+        path_arg(&out_dir).into(),
         "--score-thresh".into(),
         t.cfg.eval.score_thresh.to_string(),
-        s(&extra).into(),
+        path_arg(&extra).into(),
     ];
-    args.extend(test_files.iter().map(|p| s(p).to_string()));
+    args.extend(test_files.iter().map(|p| path_arg(p).to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     lbwnet_ok(&args);
     let json: serde_json::Value =
@@ -382,10 +368,10 @@ fn detect_runs_on_files_and_directories_in_original_pixels() {
     let mut matched = 0;
     for (r, path) in records
         .iter()
-        .filter(|r| r["path"].as_str().unwrap().starts_with(s(&images)))
+        .filter(|r| r["path"].as_str().unwrap().starts_with(path_arg(&images)))
         .zip(&test_files)
     {
-        assert_eq!(r["path"].as_str().unwrap(), s(path));
+        assert_eq!(r["path"].as_str().unwrap(), path_arg(path));
         let id = path.file_stem().unwrap().to_str().unwrap();
         let dets = r["detections"].as_array().unwrap();
         let expected: usize = comp4
@@ -420,11 +406,11 @@ fn detect_runs_on_files_and_directories_in_original_pixels() {
     let out = lbwnet_ok(&[
         "detect",
         "--model",
-        s(&t.model),
+        path_arg(&t.model),
         "--device",
         "cpu",
         "--json",
-        s(&extra),
+        path_arg(&extra),
     ]);
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -511,25 +497,28 @@ fn bad_inputs_are_refused_with_the_file_named() {
         (&weights, "lbwnet export"),
         (&dir.path().join("missing.lbw"), "reading model file"),
     ] {
-        let err = lbwnet_fails(&["inspect", s(path)], s(path));
+        let err = lbwnet_fails(&["inspect", path_arg(path)], path_arg(path));
         assert!(err.contains(why), "{err}");
         let out = dir.path().join("out");
         let err = lbwnet_fails(
             &[
                 "detect",
                 "--model",
-                s(path),
+                path_arg(path),
                 "--device",
                 "cpu",
                 "--out",
-                s(&out),
-                s(&image),
+                path_arg(&out),
+                path_arg(&image),
             ],
-            s(path),
+            path_arg(path),
         );
         assert!(err.contains(why), "{err}");
         assert!(!out.exists(), "detect wrote output for a bad model");
-        lbwnet_fails(&["eval", "--model", s(path), "--out", s(&out)], s(path));
+        lbwnet_fails(
+            &["eval", "--model", path_arg(path), "--out", path_arg(&out)],
+            path_arg(path),
+        );
     }
 
     // A batch: good images are still processed and written; the bad ones are listed, and
@@ -549,21 +538,21 @@ fn bad_inputs_are_refused_with_the_file_named() {
         &[
             "detect",
             "--model",
-            s(&t.model),
+            path_arg(&t.model),
             "--device",
             "cpu",
             "--out",
-            s(&out),
-            s(&not_image),
-            s(&image),
-            s(&empty),
-            s(&half_jpeg),
-            s(&missing),
+            path_arg(&out),
+            path_arg(&not_image),
+            path_arg(&image),
+            path_arg(&empty),
+            path_arg(&half_jpeg),
+            path_arg(&missing),
         ],
         "4 of 5 inputs",
     );
     for bad in [&not_image, &empty, &half_jpeg, &missing] {
-        assert!(err.contains(s(bad)), "{bad:?} not listed: {err}");
+        assert!(err.contains(path_arg(bad)), "{bad:?} not listed: {err}");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("detections.json")).unwrap())
@@ -582,19 +571,25 @@ fn bad_inputs_are_refused_with_the_file_named() {
         &[
             "detect",
             "--model",
-            s(&t.model),
+            path_arg(&t.model),
             "--device",
             "cpu",
             "--json",
-            s(&empty),
+            path_arg(&empty),
         ],
-        s(&empty),
+        path_arg(&empty),
     );
     // Export from something that is not a run: refused, nothing written.
     let model = dir.path().join("never.lbw");
     lbwnet_fails(
-        &["export", "--run", s(&empty), "--out", s(&model)],
-        s(&empty),
+        &[
+            "export",
+            "--run",
+            path_arg(&empty),
+            "--out",
+            path_arg(&model),
+        ],
+        path_arg(&empty),
     );
     assert!(!model.exists());
 }
@@ -626,7 +621,7 @@ fn version_1_files_load_with_a_warning() {
         safetensors::tensor::serialize(views, &Some(info)).unwrap(),
     )
     .unwrap();
-    let out = lbwnet_ok(&["inspect", s(&v1)]);
+    let out = lbwnet_ok(&["inspect", path_arg(&v1)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("format version 1"), "{stderr}");
     // Its tensors still load, bit for bit.
@@ -636,7 +631,7 @@ fn version_1_files_load_with_a_warning() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&v1, &bytes).unwrap();
-    let err = lbwnet_fails(&["inspect", s(&v1)], s(&v1));
+    let err = lbwnet_fails(&["inspect", path_arg(&v1)], path_arg(&v1));
     assert!(err.contains("checksum"), "{err}");
 }
 

@@ -6,7 +6,7 @@
 //! `lbwnet detect` and `eval --model`.
 mod common;
 
-use common::lbwnet_ok;
+use common::{lbwnet_fails, lbwnet_ok, path_arg};
 use image::RgbImage;
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
@@ -52,13 +52,16 @@ fn check(args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"))
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `lbwnet export --model lbw --onnx onnx args`, then the checker and size rules.
 fn export_onnx(lbw: &Path, onnx: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["-q", "export", "--model", s(lbw), "--onnx", s(onnx)];
+    let mut all = vec![
+        "-q",
+        "export",
+        "--model",
+        path_arg(lbw),
+        "--onnx",
+        path_arg(onnx),
+    ];
     all.extend_from_slice(args);
     lbwnet_ok(&all);
     let file = ModelFile::read(lbw).unwrap();
@@ -70,7 +73,7 @@ fn export_onnx(lbw: &Path, onnx: &Path, args: &[&str]) -> Value {
         .sum();
     check(&[
         "model",
-        s(onnx),
+        path_arg(onnx),
         "--lbw-bytes",
         &file.file_bytes.to_string(),
         "--lbw-float-bytes",
@@ -167,11 +170,11 @@ fn random_model(root: &Path, cfg: &ExperimentConfig, name: &str) -> PathBuf {
         "-q",
         "export",
         "--run",
-        s(&run),
+        path_arg(&run),
         "--checkpoint",
-        s(&weights),
+        path_arg(&weights),
         "--out",
-        s(&lbw),
+        path_arg(&lbw),
     ]);
     lbw
 }
@@ -208,11 +211,11 @@ fn resnet50_c4_at_4_bits_matches_lbwnet_stage_by_stage() {
     picture(&image, 150, 110);
     let npz = root.join("stages.npz");
     write_stages(&lbw, &overrides, &image, &npz);
-    let report = check(&["stages", s(&onnx), s(&npz), s(&image)]);
+    let report = check(&["stages", path_arg(&onnx), path_arg(&npz), path_arg(&image)]);
     eprintln!("resnet50 C4 4-bit stages: {report}");
     assert!(report["proposal_count"].as_u64().unwrap() >= 10, "{report}");
     assert!(report["detections"].as_u64().unwrap() >= 10, "{report}");
-    check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
+    check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
 }
 
 #[test]
@@ -237,9 +240,9 @@ fn pooling_variants_and_3_5_7_8_bits_match_lbwnet_and_the_fixtures() {
         export_onnx(&lbw, &onnx, &["--set", &overrides[0]]);
         let npz = root.join(format!("{name}.npz"));
         write_stages(&lbw, &overrides, &image, &npz);
-        let report = check(&["stages", s(&onnx), s(&npz), s(&image)]);
+        let report = check(&["stages", path_arg(&onnx), path_arg(&npz), path_arg(&image)]);
         eprintln!("{name}: {report}");
-        let ops = check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
+        let ops = check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
         eprintln!("{name} operators: {ops}");
         let pooling = match name {
             "roi_pool" => "max_roi_pool",
@@ -377,21 +380,28 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
     // Trained by the binary: its RNG is its own, not shared with the other tests'.
     let config = root.join("onnx.yaml");
     std::fs::write(&config, cfg.to_yaml().unwrap()).unwrap();
-    lbwnet_ok(&["-q", "train", "--config", s(&config)]);
+    lbwnet_ok(&["-q", "train", "--config", path_arg(&config)]);
     let lbw = root.join("model.lbw");
-    lbwnet_ok(&["-q", "export", "--run", s(&cfg.run_dir()), "--out", s(&lbw)]);
+    lbwnet_ok(&[
+        "-q",
+        "export",
+        "--run",
+        path_arg(&cfg.run_dir()),
+        "--out",
+        path_arg(&lbw),
+    ]);
     let onnx = root.join("model.onnx");
     let summary = export_onnx(&lbw, &onnx, &[]);
     eprintln!("{bits}-bit: {summary}");
 
     let images = png_copies(&cfg, &root.join("png"));
-    let paths: Vec<&str> = images.iter().map(|(_, p)| s(p)).collect();
+    let paths: Vec<&str> = images.iter().map(|(_, p)| path_arg(p)).collect();
     let thresh = cfg.eval.score_thresh.to_string();
     let mut detect = vec![
         "-q",
         "detect",
         "--model",
-        s(&lbw),
+        path_arg(&lbw),
         "--json",
         "--score-thresh",
         &thresh,
@@ -399,7 +409,13 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
     detect.extend(&paths);
     let ours = parse_detections(&String::from_utf8(lbwnet_ok(&detect).stdout).unwrap());
     let script = repo("scripts/onnx-detect.py");
-    let mut ort_args = vec![s(&script), "--model", s(&onnx), "--score-thresh", &thresh];
+    let mut ort_args = vec![
+        path_arg(&script),
+        "--model",
+        path_arg(&onnx),
+        "--score-thresh",
+        &thresh,
+    ];
     ort_args.extend(&paths);
     let theirs = parse_detections(&run_python(&ort_args));
     assert_eq!(ours.len(), images.len());
@@ -446,7 +462,7 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
     let comp4 = root.join("ort-comp4");
     std::fs::create_dir_all(&comp4).unwrap();
     lbwnet::eval::write_comp4(&comp4, "test", &classes, &per_class).unwrap();
-    let data = s(&cfg.data.root);
+    let data = path_arg(&cfg.data.root);
     let ort_map = map_of(
         &lbwnet_ok(&[
             "-q",
@@ -454,7 +470,7 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
             "--data",
             data,
             "--dets",
-            s(&comp4),
+            path_arg(&comp4),
             "--json",
         ])
         .stdout,
@@ -465,12 +481,12 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
             "-q",
             "eval",
             "--model",
-            s(&lbw),
+            path_arg(&lbw),
             "--set",
             &format!("data.root={data}"),
             "--json",
             "--out",
-            s(&eval_out),
+            path_arg(&eval_out),
         ])
         .stdout,
     );
@@ -486,9 +502,14 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
 
     let npz = root.join("stages.npz");
     write_stages(&lbw, &[], &images[0].1, &npz);
-    let report = check(&["stages", s(&onnx), s(&npz), s(&images[0].1)]);
+    let report = check(&[
+        "stages",
+        path_arg(&onnx),
+        path_arg(&npz),
+        path_arg(&images[0].1),
+    ]);
     eprintln!("{bits}-bit stages: {report}");
-    check(&["ops", s(&onnx), s(&repo("tests/fixtures"))]);
+    check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
 }
 
 #[test]
@@ -524,6 +545,105 @@ fn vgg16_at_4_bits_matches_lbwnet_stage_by_stage() {
     picture(&image, 150, 110);
     let npz = root.join("stages.npz");
     write_stages(&lbw, &overrides, &image, &npz);
-    let report = check(&["stages", s(&onnx), s(&npz), s(&image)]);
+    let report = check(&["stages", path_arg(&onnx), path_arg(&npz), path_arg(&image)]);
     eprintln!("vgg16 4-bit stages: {report}");
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn bad_exports_fail_with_the_input_named_and_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = random_config(root, "  backbone: small\n  small_width: 8", 4);
+    let lbw = random_model(root, &cfg, "small");
+    let out_dir = root.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let onnx = out_dir.join("model.onnx");
+    let onnx_arg = path_arg(&onnx);
+
+    let missing = root.join("no-such-run");
+    lbwnet_fails(
+        &["export", "--run", path_arg(&missing), "--onnx", onnx_arg],
+        path_arg(&missing),
+    );
+    // A run that has not written a checkpoint yet.
+    let fresh = root.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::write(fresh.join("config.yaml"), cfg.to_yaml().unwrap()).unwrap();
+    lbwnet_fails(
+        &["export", "--run", path_arg(&fresh), "--onnx", onnx_arg],
+        "no complete checkpoint",
+    );
+    // A truncated and a bit-flipped model file.
+    let bytes = std::fs::read(&lbw).unwrap();
+    let truncated = root.join("truncated.lbw");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    lbwnet_fails(
+        &[
+            "export",
+            "--model",
+            path_arg(&truncated),
+            "--onnx",
+            onnx_arg,
+        ],
+        "truncated.lbw",
+    );
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x10;
+    let corrupt = root.join("corrupt.lbw");
+    std::fs::write(&corrupt, &flipped).unwrap();
+    lbwnet_fails(
+        &["export", "--model", path_arg(&corrupt), "--onnx", onnx_arg],
+        "corrupt.lbw",
+    );
+    // Settings that would change the model's shape.
+    lbwnet_fails(
+        &[
+            "export",
+            "--model",
+            path_arg(&lbw),
+            "--onnx",
+            onnx_arg,
+            "--set",
+            "model.small_width=16",
+        ],
+        "model.small_width",
+    );
+    assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
+
+    // Output paths that cannot be written: under a regular file, and a directory.
+    let under_file = lbw.join("model.onnx");
+    lbwnet_fails(
+        &[
+            "export",
+            "--model",
+            path_arg(&lbw),
+            "--onnx",
+            path_arg(&under_file),
+        ],
+        path_arg(&under_file),
+    );
+    let before = listing(root);
+    lbwnet_fails(
+        &[
+            "export",
+            "--model",
+            path_arg(&lbw),
+            "--onnx",
+            path_arg(&out_dir),
+        ],
+        path_arg(&out_dir),
+    );
+    assert_eq!(listing(root), before, "a temporary file was left behind");
+    assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
 }

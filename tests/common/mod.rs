@@ -36,6 +36,27 @@ pub fn lbwnet_ok(args: &[&str]) -> Output {
     assert_success(lbwnet(args))
 }
 
+/// Runs a command that must fail: non-zero exit, no panic, `names` in its error; the error.
+pub fn lbwnet_fails(args: &[&str], names: &str) -> String {
+    let out = lbwnet(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "lbwnet {args:?} succeeded: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "lbwnet {args:?} panicked: {stderr}"
+    );
+    assert!(
+        stderr.contains(names),
+        "lbwnet {args:?}: `{names}` not in {stderr}"
+    );
+    stderr
+}
+
+/// A path as a command-line argument.
+pub fn path_arg(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 /// A JSON fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
