@@ -5,25 +5,30 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn libtorch_lib_dir() -> Option<PathBuf> {
+/// The libtorch `lib` directory, and the Python interpreter it came from (when it came
+/// from a PyTorch install).
+fn libtorch_lib_dir() -> Option<(PathBuf, Option<String>)> {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     if let Ok(root) = std::env::var("LIBTORCH") {
-        return Some(PathBuf::from(root).join("lib"));
+        return Some((PathBuf::from(root).join("lib"), None));
     }
     std::env::var("LIBTORCH_USE_PYTORCH").ok()?;
     // The same interpreter torch-sys asks.
     let output = Command::new("python3")
         .args([
             "-c",
-            "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+            "import torch, os, sys; print(os.path.join(os.path.dirname(torch.__file__), 'lib')); print(sys.executable)",
         ])
         .output()
         .ok()?;
-    output
-        .status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    let lib = PathBuf::from(lines.next()?.trim());
+    Some((lib, lines.next().map(|l| l.trim().to_string())))
 }
 
 /// The version string of the libtorch in `lib`: a PyTorch install keeps it in
@@ -63,7 +68,7 @@ fn compile_shim(lib: &std::path::Path) {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let Some(lib) = libtorch_lib_dir() else {
+    let Some((lib, python)) = libtorch_lib_dir() else {
         panic!("libtorch not found: set LIBTORCH, or LIBTORCH_USE_PYTORCH=1 with torch installed (the Makefile does)");
     };
     compile_shim(&lib);
@@ -72,6 +77,10 @@ fn main() {
         "cargo:rustc-env=LBWNET_LIBTORCH_VERSION={}",
         libtorch_version(&lib)
     );
+    // That environment also holds onnxruntime (`make setup`): `lbwnet bench detect` runs it.
+    if let Some(python) = python {
+        println!("cargo:rustc-env=LBWNET_PYTHON={python}");
+    }
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");

@@ -4,7 +4,7 @@
 //! the file named, never a panic.
 mod common;
 
-use common::{lbwnet, lbwnet_fails, lbwnet_ok, path_arg};
+use common::{lbwnet_fails, lbwnet_ok, path_arg};
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
 use lbwnet::deploy::DeployedModel;

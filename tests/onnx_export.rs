@@ -373,9 +373,8 @@ fn map_of(stdout: &[u8]) -> f64 {
 
 /// The whole path for one bit-width: train, export both files, compare onnxruntime with
 /// `lbwnet detect` image by image and with `eval --model` by mAP, then stage by stage.
-fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+/// Works in `root`; returns the run directory.
+fn onnxruntime_reproduces_lbwnet_at(bits: u32, root: &Path) -> PathBuf {
     let cfg = trained_config(root, bits);
     // Trained by the binary: its RNG is its own, not shared with the other tests'.
     let config = root.join("onnx.yaml");
@@ -510,21 +509,45 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32) {
     ]);
     eprintln!("{bits}-bit stages: {report}");
     check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
+    cfg.run_dir()
 }
 
 #[test]
 fn onnxruntime_reproduces_lbwnet_at_2_bits() {
-    onnxruntime_reproduces_lbwnet_at(2);
+    let dir = tempfile::tempdir().unwrap();
+    let run = onnxruntime_reproduces_lbwnet_at(2, dir.path());
+    // The benchmark times the same model in onnxruntime next to ours (speed is not
+    // asserted: these machines are shared).
+    let out = lbwnet_ok(&[
+        "-q",
+        "bench",
+        "detect",
+        "--run",
+        path_arg(&run),
+        "--images",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    let timing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = timing["onnxruntime"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{timing}");
+    assert_eq!(runs[0]["threads"], 1);
+    assert!(runs
+        .iter()
+        .all(|r| r["images_per_s"].as_f64().unwrap() > 0.0));
+    assert!(timing["onnx_file_bytes"].as_u64().unwrap() > 0);
 }
 
 #[test]
 fn onnxruntime_reproduces_lbwnet_at_4_bits() {
-    onnxruntime_reproduces_lbwnet_at(4);
+    onnxruntime_reproduces_lbwnet_at(4, tempfile::tempdir().unwrap().path());
 }
 
 #[test]
 fn onnxruntime_reproduces_lbwnet_at_6_bits() {
-    onnxruntime_reproduces_lbwnet_at(6);
+    onnxruntime_reproduces_lbwnet_at(6, tempfile::tempdir().unwrap().path());
 }
 
 #[test]

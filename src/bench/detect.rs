@@ -1,15 +1,21 @@
 //! `lbwnet bench detect`: images/s of an exported model against the training-time model in
-//! evaluation mode, load times, and the model file's size against the checkpoint.
+//! evaluation mode, load times, and the model file's size against the checkpoint; then
+//! the exported model from decoded pixels (resize and normalization included) against the
+//! same model exported as ONNX in onnxruntime, one thread and all threads.
+use super::onnxruntime::{time_onnxruntime, OnnxruntimeTiming};
 use super::{elapsed_ms, median};
 use crate::config::ExperimentConfig;
 use crate::data::loader::{load_sample, LoaderConfig};
+use crate::data::transforms::decode_rgb;
 use crate::data::voc::VocDataset;
+use crate::deploy::onnx::export_onnx;
 use crate::deploy::{export_run, DeployedModel, ModelFile};
 use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::ImageBatch;
 use crate::train::checkpoint;
 use crate::train::setup::build_model;
 use anyhow::{ensure, Context, Result};
+use image::RgbImage;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,6 +32,8 @@ pub struct DetectOptions {
     pub images: usize,
     pub repeats: usize,
     pub device: Device,
+    /// The Python with onnxruntime to time the ONNX export in; none: not timed.
+    pub onnxruntime_python: Option<PathBuf>,
 }
 
 /// What `lbwnet bench detect` measured: the exported model against the training-time
@@ -56,6 +64,18 @@ pub struct DetectTiming {
     pub float32_bytes: u64,
     /// The sweep table's storage figure for the model.
     pub storage_bytes: u64,
+    /// Median images/s of the exported model from decoded pixels (resize and
+    /// normalization included, the work the ONNX graph does), with one thread and with
+    /// one per hardware thread.
+    pub exported_from_pixels_images_per_s: [f64; 2],
+    /// The ONNX export's size, when it was timed.
+    pub onnx_file_bytes: Option<u64>,
+    /// onnxruntime with one thread and with its default (all physical cores).
+    pub onnxruntime: Vec<OnnxruntimeTiming>,
+    /// Why onnxruntime was not timed, when it was not.
+    pub onnxruntime_skipped: Option<String>,
+    /// Hardware threads of the machine.
+    pub machine_threads: usize,
 }
 
 /// Times `repeats` passes of both models over the first `images` test images of the run's
@@ -73,17 +93,35 @@ pub fn bench_detect(options: &DetectOptions) -> Result<DetectTiming> {
     let file = ModelFile::read(&model_path)?;
     let classes = file.meta.classes.clone();
     let loaded = time_loads(&cfg, &weights, &model_path, classes.len(), options.device)?;
-    let batches = test_batches(&cfg, &classes, options.images, options.device)?;
+    let (batches, pictures) = test_images(&cfg, &classes, options.images, options.device)?;
     let models = [&loaded.training, &loaded.deployed.model];
     let (mut rates, identical) = race(models, &batches, &cfg, options);
     let [mut training_loads, mut exported_loads] = loaded.load_ms;
     let training_rate = median(&mut rates[0]);
     let exported_rate = median(&mut rates[1]);
+    let machine_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = tch::get_num_threads();
+    let mut from_pixels = [0.0; 2];
+    for (rate, n) in from_pixels.iter_mut().zip([1, machine_threads]) {
+        tch::set_num_threads(n as i32);
+        *rate = pixel_rate(&loaded.deployed, &pictures, options.repeats)?;
+    }
+    tch::set_num_threads(threads);
+    let (onnx_file_bytes, onnxruntime, onnxruntime_skipped) = match &options.onnxruntime_python {
+        None => (None, Vec::new(), Some("--no-onnxruntime".to_string())),
+        Some(python) => match time_onnx(&file, &pictures, python, options.repeats, tmp.path()) {
+            Ok((bytes, timings)) => (Some(bytes), timings, None),
+            Err(e) => {
+                tracing::warn!("onnxruntime not timed: {e:#}");
+                (None, Vec::new(), Some(format!("{e:#}")))
+            }
+        },
+    };
     Ok(DetectTiming {
         run: run_dir.to_path_buf(),
         model_file: options.model.clone(),
         device: format!("{:?}", options.device),
-        threads: tch::get_num_threads(),
+        threads,
         images: batches.len(),
         repeats: options.repeats,
         training_images_per_s: training_rate,
@@ -96,7 +134,57 @@ pub fn bench_detect(options: &DetectOptions) -> Result<DetectTiming> {
         model_file_bytes: file.file_bytes,
         float32_bytes: 4 * file.meta.params,
         storage_bytes: file.meta.storage_bytes,
+        exported_from_pixels_images_per_s: from_pixels,
+        onnx_file_bytes,
+        onnxruntime,
+        onnxruntime_skipped,
+        machine_threads,
     })
+}
+
+/// Median images/s of `model` on decoded images: `repeats` passes after a warm-up.
+fn pixel_rate(model: &DeployedModel, pictures: &[RgbImage], repeats: usize) -> Result<f64> {
+    let mut rates = Vec::with_capacity(repeats);
+    for round in 0..=repeats {
+        let start = Instant::now();
+        for picture in pictures {
+            model.detect_image(picture, &model.config.eval)?;
+        }
+        super::sync(model.device);
+        if round > 0 {
+            rates.push(pictures.len() as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(&mut rates))
+}
+
+/// The model file exported as ONNX into `tmp` and timed in onnxruntime on `pictures`
+/// with one thread and with all: the ONNX file's size and the two timings.
+fn time_onnx(
+    file: &ModelFile,
+    pictures: &[RgbImage],
+    python: &Path,
+    repeats: usize,
+    tmp: &Path,
+) -> Result<(u64, Vec<OnnxruntimeTiming>)> {
+    let onnx = tmp.join("model.onnx");
+    let summary = export_onnx(file, &file.config(&[])?, &onnx)?;
+    let images = tmp.join("images.npz");
+    let tensors: Vec<(String, Tensor)> = pictures
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (w, h) = p.dimensions();
+            let t = Tensor::from_slice(p.as_raw()).view([i64::from(h), i64::from(w), 3]);
+            (format!("image{i:05}"), t)
+        })
+        .collect();
+    Tensor::write_npz(&tensors, &images).context("writing the test images for onnxruntime")?;
+    let timings = [1, 0]
+        .into_iter()
+        .map(|threads| time_onnxruntime(python, &onnx, &images, threads, repeats, tmp))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((summary.file_bytes, timings))
 }
 
 /// The model file to time: the given one, or the checkpoint exported into `tmp`.
@@ -149,13 +237,14 @@ fn time_loads(
     })
 }
 
-/// The first `images` test images of the run's data set, decoded and on `device`.
-fn test_batches(
+/// The first `images` test images of the run's data set: as network inputs on `device`
+/// (decoded, resized and normalized beforehand), and decoded only.
+fn test_images(
     cfg: &ExperimentConfig,
     classes: &[String],
     images: usize,
     device: Device,
-) -> Result<Vec<ImageBatch>> {
+) -> Result<(Vec<ImageBatch>, Vec<RgbImage>)> {
     cfg.check_data_path()?;
     crate::data::synthetic::ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     let dataset = VocDataset::open(&cfg.data.root, &cfg.data.test_split, Some(classes))?;
@@ -169,12 +258,11 @@ fn test_batches(
     (0..count)
         .map(|i| {
             let sample = load_sample(&dataset, i, false, &loader_cfg)?;
-            Ok(ImageBatch::new(
-                &[sample.image.to_device(device)],
-                vec![sample.scale],
-            ))
+            let batch = ImageBatch::new(&[sample.image.to_device(device)], vec![sample.scale]);
+            Ok((batch, decode_rgb(&dataset.image_path(i))?))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(|pairs| pairs.into_iter().unzip())
 }
 
 /// One pass of `model` over `batches`: seconds, and per image its detections as one
@@ -259,6 +347,44 @@ impl DetectTiming {
             mb(self.storage_bytes),
             self.model_file_bytes as f64 / self.storage_bytes as f64,
             if self.identical_detections { "yes" } else { "no" }
-        )
+        ) + &self.onnxruntime_table()
+    }
+
+    /// The exported model from decoded pixels next to onnxruntime's runs of its ONNX
+    /// export (or why those did not run).
+    fn onnxruntime_table(&self) -> String {
+        let mut out = format!(
+            "\nfrom decoded pixels (resize and normalization included), medians of {} passes:\n\n| runtime | threads | load ms | images/s | file |\n|:--|--:|--:|--:|--:|\n",
+            self.repeats,
+        );
+        for (rate, threads) in self
+            .exported_from_pixels_images_per_s
+            .iter()
+            .zip([1, self.machine_threads])
+        {
+            out += &format!(
+                "| lbwnet (.lbw) | {threads} | {:.1} | {rate:.2} | {:.2} MB |\n",
+                self.exported_load_ms,
+                self.model_file_bytes as f64 / 1e6
+            );
+        }
+        for t in &self.onnxruntime {
+            let threads = if t.threads == 0 {
+                "default (1 per core)".to_string()
+            } else {
+                t.threads.to_string()
+            };
+            out += &format!(
+                "| onnxruntime {} (.onnx) | {threads} | {:.1} | {:.2} | {:.2} MB |\n",
+                t.onnxruntime,
+                t.load_ms,
+                t.images_per_s,
+                self.onnx_file_bytes.unwrap_or(0) as f64 / 1e6
+            );
+        }
+        if let Some(reason) = &self.onnxruntime_skipped {
+            out += &format!("\nonnxruntime not timed: {reason}\n");
+        }
+        out
     }
 }

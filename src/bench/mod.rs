@@ -5,6 +5,7 @@
 pub mod breakdown;
 pub mod detect;
 pub mod loader;
+pub mod onnxruntime;
 pub mod quantizers;
 pub mod train_step;
 

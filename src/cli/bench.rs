@@ -25,7 +25,8 @@ pub enum BenchTarget {
     /// Median training-step time in float and at b bits, and their ratio.
     TrainStep(TrainStepBenchArgs),
     /// Images/s of an exported model against the training-time model in evaluation mode,
-    /// load times, and the model file's size against the checkpoint.
+    /// load times, the model file's size against the checkpoint, and the model exported
+    /// as ONNX in onnxruntime (one thread and all) next to ours from decoded pixels.
     Detect(DetectBenchArgs),
 }
 
@@ -51,6 +52,13 @@ pub struct DetectBenchArgs {
     /// CPU threads (default: the run's `train.threads`, or torch's choice).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The Python with onnxruntime that times the ONNX export (default: the project's
+    /// environment this binary was built against).
+    #[arg(long, value_name = "PYTHON")]
+    pub python: Option<std::path::PathBuf>,
+    /// Do not export to ONNX and time onnxruntime.
+    #[arg(long, conflicts_with = "python")]
+    pub no_onnxruntime: bool,
     /// Print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +181,10 @@ fn run_detect(args: DetectBenchArgs) -> Result<()> {
         images: args.images,
         repeats: args.repeats,
         device,
+        onnxruntime_python: (!args.no_onnxruntime).then(|| {
+            args.python
+                .unwrap_or_else(crate::bench::onnxruntime::default_python)
+        }),
     };
     emit(&bench_detect(&options)?, args.json, |t| t.table())
 }
