@@ -192,7 +192,6 @@ def check_stages(args):
     model, stages, image_path = onnx.load(args[0]), np.load(args[1]), args[2]
     image = np.asarray(Image.open(image_path).convert("RGB"))
     weights = sorted(k[len("weight/"):] for k in stages.files if k.startswith("weight/"))
-    assert weights, "no quantized weights to compare"
     computed = [name + "__replaced" for name in STAGES]
     outputs = computed + ["boxes", "scores", "labels"] + weights
     feed = {"image": image}

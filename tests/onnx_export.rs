@@ -119,7 +119,8 @@ fn write_stages(lbw: &Path, overrides: &[String], image: &Path, npz: &Path) {
 }
 
 /// A config for a model with random weights (never trained): `backbone` and its sizes.
-fn random_config(root: &Path, model: &str, bits: u32) -> ExperimentConfig {
+/// `quant` is the config's `quant` mapping, e.g. `{bits: 4, method: lbw}`.
+fn random_config(root: &Path, model: &str, quant: &str) -> ExperimentConfig {
     let yaml = format!(
         r#"
 name: random
@@ -130,7 +131,7 @@ data:
   synthetic: {{train: 4, test: 2, seed: 3, width: 160, height: 120}}
 model:
 {model}
-quant: {{bits: {bits}, method: lbw}}
+quant: {quant}
 train:
   output_dir: {runs}
   device: cpu
@@ -199,7 +200,7 @@ fn resnet50_c4_at_4_bits_matches_lbwnet_stage_by_stage() {
     let cfg = random_config(
         root,
         "  backbone: resnet50\n  rpn: {pre_nms_top_n_test: 300, post_nms_top_n_test: 24}",
-        4,
+        "{bits: 4, method: lbw}",
     );
     let lbw = random_model(root, &cfg, "resnet50");
     let onnx = root.join("resnet50.onnx");
@@ -219,21 +220,40 @@ fn resnet50_c4_at_4_bits_matches_lbwnet_stage_by_stage() {
 }
 
 #[test]
-fn pooling_variants_and_3_5_7_8_bits_match_lbwnet_and_the_fixtures() {
+fn pooling_variants_bit_widths_and_quantizers_match_lbwnet_and_the_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let image = root.join("picture.png");
     // Resized to the configs' 120 pixels on the short side.
     picture(&image, 150, 110);
     let small = "  backbone: small\n  small_width: 16\n  anchor_sizes: [32, 64]\n  rpn: {channels: 64, pre_nms_top_n_test: 200, post_nms_top_n_test: 30}\n  roi: {head_hidden: 256, ";
-    // With the trained 2, 4 and 6 bits, every bit-width and field grouping the packing has.
-    for (name, roi, bits) in [
-        ("roi_pool", "pooler: roi_pool}", 3),
-        ("aligned", "aligned: true, sampling_ratio: 0}", 5),
-        ("seven_bits", "sampling_ratio: 2}", 7),
-        ("eight_bits", "sampling_ratio: 2}", 8),
+    // With the trained 2, 4 and 6 bits: every bit-width and field grouping the packing
+    // has, both level sets (powers of two and the uniform grid), float.
+    for (name, roi, quant) in [
+        ("roi_pool", "pooler: roi_pool}", "{bits: 3, method: lbw}"),
+        (
+            "aligned",
+            "aligned: true, sampling_ratio: 0}",
+            "{bits: 5, method: uniform}",
+        ),
+        (
+            "seven_bits",
+            "sampling_ratio: 2}",
+            "{bits: 7, method: pow2}",
+        ),
+        (
+            "eight_bits",
+            "sampling_ratio: 2}",
+            "{bits: 8, method: exact}",
+        ),
+        (
+            "ternary",
+            "sampling_ratio: 2}",
+            "{bits: 2, method: ternary}",
+        ),
+        ("float", "sampling_ratio: 2}", "{bits: 32}"),
     ] {
-        let cfg = random_config(root, &format!("{small}{roi}"), bits);
+        let cfg = random_config(root, &format!("{small}{roi}"), quant);
         let lbw = random_model(root, &cfg, name);
         let onnx = root.join(format!("{name}.onnx"));
         let overrides = ["eval.score_thresh=0".to_string()];
@@ -242,6 +262,9 @@ fn pooling_variants_and_3_5_7_8_bits_match_lbwnet_and_the_fixtures() {
         write_stages(&lbw, &overrides, &image, &npz);
         let report = check(&["stages", path_arg(&onnx), path_arg(&npz), path_arg(&image)]);
         eprintln!("{name}: {report}");
+        let quantized = ModelFile::read(&lbw).unwrap().meta.layers.len();
+        assert_eq!(quantized > 0, name != "float");
+        assert_eq!(report["weights_bit_identical"], quantized, "{report}");
         let ops = check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
         eprintln!("{name} operators: {ops}");
         let pooling = match name {
@@ -557,7 +580,7 @@ fn vgg16_at_4_bits_matches_lbwnet_stage_by_stage() {
     let cfg = random_config(
         root,
         "  backbone: vgg16\n  rpn: {pre_nms_top_n_test: 300, post_nms_top_n_test: 24}",
-        4,
+        "{bits: 4, method: lbw}",
     );
     let lbw = random_model(root, &cfg, "vgg16");
     let onnx = root.join("vgg16.onnx");
@@ -586,7 +609,11 @@ fn listing(dir: &Path) -> Vec<String> {
 fn bad_exports_fail_with_the_input_named_and_leave_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let cfg = random_config(root, "  backbone: small\n  small_width: 8", 4);
+    let cfg = random_config(
+        root,
+        "  backbone: small\n  small_width: 8",
+        "{bits: 4, method: lbw}",
+    );
     let lbw = random_model(root, &cfg, "small");
     let out_dir = root.join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
