@@ -814,20 +814,9 @@ impl Writer<'_> {
         let deltas = g.rename(&deltas, STAGES[3]);
         let anchors = grid_anchors(g, &hw, &cell, anchors_per_cell, m.feature_stride);
 
-        let count = g.node("Shape", &[&objectness], &[]);
         let pre_nms = g.vec_i64(&[i64::try_from(m.rpn.pre_nms_top_n_test)?]);
-        let k = g.node("Min", &[&count, &pre_nms], &[]);
-        let top = g.node_n(
-            "TopK",
-            &[&objectness, &k],
-            2,
-            &[
-                ("axis", Attr::Int(0)),
-                ("largest", Attr::Int(1)),
-                ("sorted", Attr::Int(1)),
-            ],
-        );
-        let (scores, index) = (&top[0], &top[1]);
+        let (scores, index) = top_k(g, &objectness, &pre_nms);
+        let (scores, index) = (&scores, &index);
         let deltas = g.node("Gather", &[&deltas, index], &[("axis", Attr::Int(0))]);
         let anchors = g.node("Gather", &[&anchors, index], &[("axis", Attr::Int(0))]);
         let boxes = decode_boxes(g, &deltas, &anchors, [1.0; 4], false);
@@ -1024,19 +1013,8 @@ impl Writer<'_> {
         let kept = g.node("Reshape", &[&kept, &flat], &[]);
         let kept_scores = select(g, &scores, &kept);
         // All classes together by descending score, cut to the detections per image.
-        let count = g.node("Shape", &[&kept_scores], &[]);
-        let k = g.node("Min", &[&count, &max_out], &[]);
-        let order = g.node_n(
-            "TopK",
-            &[&kept_scores, &k],
-            2,
-            &[
-                ("axis", Attr::Int(0)),
-                ("largest", Attr::Int(1)),
-                ("sorted", Attr::Int(1)),
-            ],
-        );
-        let final_index = select(g, &kept, &order[1]);
+        let (_, order) = top_k(g, &kept_scores, &max_out);
+        let final_index = select(g, &kept, &order);
         let boxes = select(g, &boxes, &final_index);
         // In the original image's pixels, in float64 as `detect` computes them.
         let boxes = g.node(
@@ -1126,6 +1104,25 @@ fn gcd(a: i64, b: i64) -> i64 {
     } else {
         gcd(b, a % b)
     }
+}
+
+/// The largest values of the 1-D `values`, at most `limit` (`[1]` int64) of them, in
+/// descending order, and their indices.
+fn top_k(g: &mut GraphBuilder, values: &str, limit: &str) -> (String, String) {
+    let count = g.node("Shape", &[values], &[]);
+    let k = g.node("Min", &[&count, limit], &[]);
+    let mut top = g.node_n(
+        "TopK",
+        &[values, &k],
+        2,
+        &[
+            ("axis", Attr::Int(0)),
+            ("largest", Attr::Int(1)),
+            ("sorted", Attr::Int(1)),
+        ],
+    );
+    let index = top.pop().expect("TopK's indices");
+    (top.pop().expect("TopK's values"), index)
 }
 
 /// `floor(x + 0.5)`: Rust's `round` for the non-negative values it is used on (ONNX's
