@@ -110,6 +110,11 @@ while read -r exe; do
   name=$(basename "$exe"); name=${name%-*}
   case $name in
     sweep_slurm) continue ;;                      # needs a Slurm cluster: make test-slurm
+    onnx_export)                                  # needs onnxruntime in that Python (make setup)
+      if ! "$LBWNET_TORCH_ENV/bin/python" -c "import onnx, onnxruntime" 2>/dev/null; then
+        echo "test-$name: skipped, no onnx / onnxruntime in $LBWNET_TORCH_ENV"; continue
+      fi
+      args=() ;;
     detect_timing | backbone_shapes) args=(--include-ignored) ;;  # their timing cases
     *) args=() ;;                                 # quant_default_c's calibration stays ignored
   esac
