@@ -15,17 +15,16 @@ C ?=
 METHOD ?=
 SWEEP ?= configs/sweeps/default.yaml
 BIN := target/release/lbwnet
-TORCH_STAMP := $(TORCH_ENV)/.lbwnet-ok
 
 # --set overrides assembled from the make variables.
 TRAIN_SETS := --set quant.bits=$(BITS) $(if $(C),--set quant.c=$(C)) $(if $(METHOD),--set quant.method=$(METHOD))
 
 .PHONY: setup build data train eval sweep table test test-slurm bench lint clean info
 
-setup: $(TORCH_STAMP)
-
-$(TORCH_STAMP):
-	bash scripts/setup-libtorch.sh
+# The script checks the installed versions (a fraction of a second) and installs only
+# what is missing or different, e.g. onnxruntime in an environment made before it was added.
+setup:
+	@bash scripts/setup-libtorch.sh >/dev/null
 
 build: setup
 	cargo build --release
