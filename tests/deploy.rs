@@ -4,7 +4,7 @@
 //! the file named, never a panic.
 mod common;
 
-use common::{lbwnet_fails, lbwnet_ok, path_arg};
+use common::{config_under, lbwnet_fails, lbwnet_ok, path_arg};
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
 use lbwnet::deploy::DeployedModel;
@@ -26,7 +26,6 @@ fn tiny_config(root: &Path) -> ExperimentConfig {
         r#"
 name: deploy
 data:
-  root: {data}
   min_size: 96
   max_size: 128
   loader_threads: 1
@@ -45,14 +44,11 @@ train:
   warmup_iterations: 2
   checkpoint_interval: 0
   log_interval: 2
-  output_dir: {runs}
   device: cpu
   threads: 1
-"#,
-        data = root.join("data").display(),
-        runs = root.join("runs").display()
+"#
     );
-    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("deploy.yaml")).unwrap()
+    config_under(root, &yaml)
 }
 
 struct Trained {

@@ -6,7 +6,7 @@
 //! `lbwnet detect` and `eval --model`.
 mod common;
 
-use common::{lbwnet_fails, lbwnet_ok, path_arg};
+use common::{config_under, lbwnet_fails, lbwnet_ok, path_arg};
 use image::RgbImage;
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
@@ -125,7 +125,6 @@ fn random_config(root: &Path, model: &str, quant: &str) -> ExperimentConfig {
         r#"
 name: random
 data:
-  root: {data}
   min_size: 120
   max_size: 160
   synthetic: {{train: 4, test: 2, seed: 3, width: 160, height: 120}}
@@ -133,14 +132,11 @@ model:
 {model}
 quant: {quant}
 train:
-  output_dir: {runs}
   device: cpu
   threads: 2
-"#,
-        data = root.join("data").display(),
-        runs = root.join("runs").display()
+"#
     );
-    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("random.yaml")).unwrap()
+    config_under(root, &yaml)
 }
 
 /// A run directory holding `cfg` and freshly initialized weights (seeded), exported as
@@ -301,7 +297,6 @@ fn trained_config(root: &Path, bits: u32) -> ExperimentConfig {
         r#"
 name: onnx{bits}
 data:
-  root: {data}
   min_size: 180
   max_size: 240
   loader_threads: 1
@@ -320,14 +315,11 @@ train:
   warmup_iterations: 20
   checkpoint_interval: 0
   log_interval: 40
-  output_dir: {runs}
   device: cpu
   threads: 1
-"#,
-        data = root.join("data").display(),
-        runs = root.join("runs").display()
+"#
     );
-    ExperimentConfig::from_yaml_str(&yaml, &[], Path::new("onnx.yaml")).unwrap()
+    config_under(root, &yaml)
 }
 
 /// PNG copies (decoded by lbwnet's own image reader, so no JPEG decoder differs) of the

@@ -57,6 +57,16 @@ pub fn path_arg(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
+/// The experiment config `yaml` with its data set and runs under `root` (`root/data`,
+/// `root/runs`), as `--set` overrides.
+pub fn config_under(root: &Path, yaml: &str) -> lbwnet::config::ExperimentConfig {
+    let sets = [
+        format!("data.root={}", root.join("data").display()),
+        format!("train.output_dir={}", root.join("runs").display()),
+    ];
+    lbwnet::config::ExperimentConfig::from_yaml_str(yaml, &sets, Path::new("test.yaml")).unwrap()
+}
+
 /// A JSON fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
