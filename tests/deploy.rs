@@ -22,21 +22,20 @@ use std::sync::OnceLock;
 /// The model is just large enough (0.5 MB packed) that the file's header stays a small
 /// part of it, as for real models.
 fn tiny_config(root: &Path) -> ExperimentConfig {
-    let yaml = format!(
-        r#"
+    let yaml = r#"
 name: deploy
 data:
   min_size: 96
   max_size: 128
   loader_threads: 1
-  synthetic: {{train: 6, test: 4, seed: 7, width: 128, height: 96}}
+  synthetic: {train: 6, test: 4, seed: 7, width: 128, height: 96}
 model:
   backbone: small
   small_width: 16
   anchor_sizes: [32, 64]
-  rpn: {{channels: 32, pre_nms_top_n_train: 200, post_nms_top_n_train: 50, pre_nms_top_n_test: 100, post_nms_top_n_test: 20, min_size: 2}}
-  roi: {{batch_size_per_image: 32, head_hidden: 64}}
-quant: {{bits: 6, method: lbw, c: 0.5}}
+  rpn: {channels: 32, pre_nms_top_n_train: 200, post_nms_top_n_train: 50, pre_nms_top_n_test: 100, post_nms_top_n_test: 20, min_size: 2}
+  roi: {batch_size_per_image: 32, head_hidden: 64}
+quant: {bits: 6, method: lbw, c: 0.5}
 train:
   iterations: 6
   lr: 0.005
@@ -46,9 +45,8 @@ train:
   log_interval: 2
   device: cpu
   threads: 1
-"#
-    );
-    config_under(root, &yaml)
+"#;
+    config_under(root, yaml)
 }
 
 struct Trained {
