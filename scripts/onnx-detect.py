@@ -30,10 +30,14 @@ def main():
     # score_thresh is an input with a default (an initializer); onnxruntime warns about
     # that on every load although nothing it would fold depends on it.
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(
-        args.model, options, providers=["CPUExecutionProvider"]
-    )
-    classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
+    try:
+        session = onnxruntime.InferenceSession(
+            args.model, options, providers=["CPUExecutionProvider"]
+        )
+        classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
+    except Exception as err:  # onnxruntime raises its own types for unreadable files
+        print(f"error: model {args.model}: {err}", file=sys.stderr)
+        return 1
     failed = 0
     for path in args.images:
         try:

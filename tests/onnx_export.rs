@@ -677,4 +677,24 @@ fn bad_exports_fail_with_the_input_named_and_leave_no_file() {
     );
     assert_eq!(listing(root), before, "a temporary file was left behind");
     assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
+
+    // The deployment script refuses a file that is not an ONNX model, naming it.
+    let image = root.join("picture.png");
+    picture(&image, 40, 30);
+    let script = repo("scripts/onnx-detect.py");
+    let out = Command::new(python())
+        .args([
+            path_arg(&script),
+            "--model",
+            path_arg(&lbw),
+            path_arg(&image),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(path_arg(&lbw)) && !stderr.contains("Traceback"),
+        "{stderr}"
+    );
 }
