@@ -1,4 +1,5 @@
-//! `lbwnet export`: a training run's checkpoint as one packed low-bit model file.
+//! `lbwnet export`: a training run's checkpoint as one packed low-bit model file, and a run or
+//! a model file as one ONNX graph with the same low-bit weights.
 use crate::deploy::export::run_model_file;
 use crate::deploy::onnx::export_onnx;
 use crate::deploy::{export_run, ExportSummary, ModelFile};
