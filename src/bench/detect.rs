@@ -146,13 +146,14 @@ pub fn bench_detect(options: &DetectOptions) -> Result<DetectTiming> {
 fn pixel_rate(model: &DeployedModel, pictures: &[RgbImage], repeats: usize) -> Result<f64> {
     let mut rates = Vec::with_capacity(repeats);
     for round in 0..=repeats {
-        let start = Instant::now();
-        for picture in pictures {
-            model.detect_image(picture, &model.config.eval)?;
-        }
-        super::sync(model.device);
+        let (done, ms) = elapsed_ms(model.device, || {
+            pictures
+                .iter()
+                .try_for_each(|p| model.detect_image(p, &model.config.eval).map(drop))
+        });
+        done?;
         if round > 0 {
-            rates.push(pictures.len() as f64 / start.elapsed().as_secs_f64());
+            rates.push(pictures.len() as f64 / (ms / 1e3));
         }
     }
     Ok(median(&mut rates))

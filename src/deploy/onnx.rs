@@ -175,6 +175,11 @@ impl GraphBuilder {
         )
     }
 
+    /// `x` converted to `to`.
+    pub fn cast(&mut self, x: &str, to: DataType) -> String {
+        self.node("Cast", &[x], &[("to", Attr::Int(to as i64))])
+    }
+
     /// A 1-D int64 vector constant.
     pub fn vec_i64(&mut self, values: &[i64]) -> String {
         self.i64s(&[values.len() as i64], values)
@@ -390,11 +395,7 @@ impl Writer<'_> {
         let two = g.vec_i64(&[2]);
         let shape = g.node("Shape", &["image"], &[]);
         let hw = g.node("Slice", &[&shape, &zero, &two], &[]);
-        let hw = g.node(
-            "Cast",
-            &[&hw],
-            &[("to", Attr::Int(DataType::DOUBLE as i64))],
-        );
+        let hw = g.cast(&hw, DataType::DOUBLE);
         let h = g.node("Slice", &[&hw, &zero, &one], &[]);
         let w = g.node("Slice", &[&hw, &one, &two], &[]);
         let short = g.node("Min", &[&h, &w], &[]);
@@ -414,22 +415,14 @@ impl Writer<'_> {
         let sides = round_half_up(g, &sides, &half);
         let one_f = g.f64s(&[1], &[1.0]);
         let sides = g.node("Max", &[&sides, &one_f], &[]);
-        let sides_i = g.node(
-            "Cast",
-            &[&sides],
-            &[("to", Attr::Int(DataType::INT64 as i64))],
-        );
+        let sides_i = g.cast(&sides, DataType::INT64);
         let batch_channels = g.vec_i64(&[1, 3]);
         let sizes = g.node(
             "Concat",
             &[&batch_channels, &sides_i],
             &[("axis", Attr::Int(0))],
         );
-        let pixels = g.node(
-            "Cast",
-            &["image"],
-            &[("to", Attr::Int(DataType::FLOAT as i64))],
-        );
+        let pixels = g.cast("image", DataType::FLOAT);
         let pixels = g.node("Transpose", &[&pixels], &[("perm", Attr::Ints(&[2, 0, 1]))]);
         let pixels = g.node("Unsqueeze", &[&pixels, &zero], &[]);
         let pixels = g.node(
@@ -465,11 +458,7 @@ impl Writer<'_> {
         let pixels = g.rename(&pixels, STAGES[0]);
         // Clip limits [w, h, w, h] in the network's pixels and in the original's.
         let wh_order = g.vec_i64(&[1, 0, 1, 0]);
-        let sides_f = g.node(
-            "Cast",
-            &[&sides],
-            &[("to", Attr::Int(DataType::FLOAT as i64))],
-        );
+        let sides_f = g.cast(&sides, DataType::FLOAT);
         let limits = g.node("Gather", &[&sides_f, &wh_order], &[("axis", Attr::Int(0))]);
         let original_limits = g.node("Gather", &[&hw, &wh_order], &[("axis", Attr::Int(0))]);
         Ok(Resized {
@@ -651,11 +640,7 @@ impl Writer<'_> {
             codes
         };
         // int32 indices: the folded intermediates are what loading costs.
-        let bytes = g.node(
-            "Cast",
-            &[&bytes],
-            &[("to", Attr::Int(DataType::INT32 as i64))],
-        );
+        let bytes = g.cast(&bytes, DataType::INT32);
         let scaled = g.node("Mul", &[&table, &alpha], &[]);
         let values = if layout.byte_aligned() {
             // Each byte holds whole fields: its row of the table holds their levels.
@@ -824,11 +809,7 @@ impl Writer<'_> {
         // remove_small_boxes at min_size times the scale, compared in float32.
         let min_size = g.f64s(&[1], &[m.rpn.min_size]);
         let min_size = g.node("Mul", &[&min_size, &input.scale], &[]);
-        let min_size = g.node(
-            "Cast",
-            &[&min_size],
-            &[("to", Attr::Int(DataType::FLOAT as i64))],
-        );
+        let min_size = g.cast(&min_size, DataType::FLOAT);
         let keep = large_enough(g, &boxes, &min_size);
         let boxes = g.node("Gather", &[&boxes, &keep], &[("axis", Attr::Int(0))]);
         let scores = g.node("Gather", &[scores, &keep], &[("axis", Attr::Int(0))]);
@@ -854,20 +835,14 @@ impl Writer<'_> {
         let roi = &cfg.model.roi;
         let scale = 1.0 / cfg.model.feature_stride as f32;
         let g = &mut self.g;
+        // Every proposal belongs to image 0: `[P]` (RoiAlign) or a `[P, 1]` column (MaxRoiPool).
+        let shape = g.node("Shape", &[proposals], &[]);
+        let (first, one) = (g.vec_i64(&[0]), g.vec_i64(&[1]));
+        let count = g.node("Slice", &[&shape, &first, &one], &[]);
         let pooled = match roi.pooler {
             Pooler::RoiAlign => {
-                let shape = g.node("Shape", &[proposals], &[]);
-                let first = g.vec_i64(&[0]);
-                let one = g.vec_i64(&[1]);
-                let count = g.node("Slice", &[&shape, &first, &one], &[]);
-                let zero = {
-                    let mut t = TensorProto::new();
-                    t.data_type = DataType::INT64 as i32;
-                    t.dims = vec![1];
-                    t.raw_data = 0i64.to_le_bytes().to_vec();
-                    t
-                };
-                let batch = g.node_constant_of_shape(&count, zero);
+                let batch =
+                    g.node_constant_of_shape(&count, DataType::INT64, 0i64.to_le_bytes().into());
                 g.node(
                     "RoiAlign",
                     &[features, proposals, &batch],
@@ -889,20 +864,12 @@ impl Writer<'_> {
                 )
             }
             Pooler::RoiPool => {
-                let shape = g.node("Shape", &[proposals], &[]);
-                let first = g.vec_i64(&[0]);
-                let one = g.vec_i64(&[1]);
-                let count = g.node("Slice", &[&shape, &first, &one], &[]);
-                let column = g.vec_i64(&[1]);
-                let column_shape = g.node("Concat", &[&count, &column], &[("axis", Attr::Int(0))]);
-                let zero = {
-                    let mut t = TensorProto::new();
-                    t.data_type = DataType::FLOAT as i32;
-                    t.dims = vec![1];
-                    t.raw_data = 0f32.to_le_bytes().to_vec();
-                    t
-                };
-                let batch = g.node_constant_of_shape(&column_shape, zero);
+                let column_shape = g.node("Concat", &[&count, &one], &[("axis", Attr::Int(0))]);
+                let batch = g.node_constant_of_shape(
+                    &column_shape,
+                    DataType::FLOAT,
+                    0f32.to_le_bytes().into(),
+                );
                 let rois = g.node("Concat", &[&batch, proposals], &[("axis", Attr::Int(1))]);
                 g.node(
                     "MaxRoiPool",
@@ -1006,22 +973,14 @@ impl Writer<'_> {
             &[&boxes3, &class_scores, &max_out, &iou, &floor],
             &[],
         );
-        let two = g.vec_i64(&[2]);
-        let three = g.vec_i64(&[3]);
-        let axis_cols = g.vec_i64(&[1]);
-        let kept = g.node("Slice", &[&selected, &two, &three, &axis_cols], &[]);
-        let kept = g.node("Reshape", &[&kept, &flat], &[]);
+        let kept = selected_boxes(g, &selected);
         let kept_scores = select(g, &scores, &kept);
         // All classes together by descending score, cut to the detections per image.
         let (_, order) = top_k(g, &kept_scores, &max_out);
         let final_index = select(g, &kept, &order);
         let boxes = select(g, &boxes, &final_index);
         // In the original image's pixels, in float64 as `detect` computes them.
-        let boxes = g.node(
-            "Cast",
-            &[&boxes],
-            &[("to", Attr::Int(DataType::DOUBLE as i64))],
-        );
+        let boxes = g.cast(&boxes, DataType::DOUBLE);
         let boxes = g.node("Div", &[&boxes, &input.scale], &[]);
         let zero_f = g.f64s(&[], &[0.0]);
         let boxes = g.node("Max", &[&boxes, &zero_f], &[]);
@@ -1036,8 +995,13 @@ impl Writer<'_> {
 }
 
 impl GraphBuilder {
-    /// `ConstantOfShape(shape)` filled with `value` (a one-element tensor).
-    fn node_constant_of_shape(&mut self, shape: &str, value: TensorProto) -> String {
+    /// `ConstantOfShape(shape)` filled with the one `data_type` value whose little-endian
+    /// bytes are `raw`.
+    fn node_constant_of_shape(&mut self, shape: &str, data_type: DataType, raw: Vec<u8>) -> String {
+        let mut value = TensorProto::new();
+        value.data_type = data_type as i32;
+        value.dims = vec![1];
+        value.raw_data = raw;
         let name = self.fresh("ConstantOfShape");
         let mut node = NodeProto::new();
         node.op_type = "ConstantOfShape".into();
@@ -1143,11 +1107,7 @@ fn grid_anchors(g: &mut GraphBuilder, hw: &str, cell: &[f32], anchors: i64, stri
     let w = g.node("Gather", &[hw, &one], &[("axis", Attr::Int(0))]);
     let shifts = |g: &mut GraphBuilder, n: &str| {
         let range = g.node("Range", &[&zero, n, &one], &[]);
-        let range = g.node(
-            "Cast",
-            &[&range],
-            &[("to", Attr::Int(DataType::FLOAT as i64))],
-        );
+        let range = g.cast(&range, DataType::FLOAT);
         g.node("Mul", &[&range, &stride], &[])
     };
     let sx = shifts(g, &w);
@@ -1258,10 +1218,13 @@ fn nms(
     let max_out = g.vec_i64(&[i64::try_from(max_keep)?]);
     let iou = g.f32s(&[1], &[threshold as f32]);
     let selected = g.node("NonMaxSuppression", &[&boxes, &scores, &max_out, &iou], &[]);
-    let two = g.vec_i64(&[2]);
-    let three = g.vec_i64(&[3]);
-    let axis = g.vec_i64(&[1]);
-    let kept = g.node("Slice", &[&selected, &two, &three, &axis], &[]);
+    Ok(selected_boxes(g, &selected))
+}
+
+/// The box indices (column 2) of NonMaxSuppression's `[K, 3]` (batch, class, box) rows.
+fn selected_boxes(g: &mut GraphBuilder, selected: &str) -> String {
+    let (two, three, axis) = (g.vec_i64(&[2]), g.vec_i64(&[3]), g.vec_i64(&[1]));
+    let column = g.node("Slice", &[selected, &two, &three, &axis], &[]);
     let flat = g.vec_i64(&[-1]);
-    Ok(g.node("Reshape", &[&kept, &flat], &[]))
+    g.node("Reshape", &[&column, &flat], &[])
 }
