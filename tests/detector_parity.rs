@@ -1,15 +1,17 @@
 //! End-to-end parity of the assembled Faster R-CNN with torchvision 0.26's `FasterRCNN`
 //! built around the same backbone (tests/fixtures/detector.json, written by
-//! tests/fixtures/make_detector_fixtures.py), for the small backbone and ResNet-50 C4, in
-//! float: anchors, RPN objectness and deltas, proposals after NMS, the sampled anchors and
+//! tests/fixtures/make_detector_fixtures.py), for the small backbone, ResNet-50 C4 and
+//! VGG-16 (RoIPool, fc6/fc7 with their dropouts), in float: anchors, RPN objectness and deltas, proposals after NMS, the sampled anchors and
 //! RPN losses, the sampled RoIs with their labels and targets and the head losses (training
 //! mode), then proposals and detections (eval mode).
 //!
 //! Weights: every parameter and buffer is the same closed-form function of its name and
-//! shape on both sides (`formula_tensor`, exact float64 arithmetic), so ResNet-50 needs no
-//! committed weights. Sampling: both draw torch's global generator in the same order, so
-//! seeding it identically before the training pass picks the same anchors and RoIs; the
-//! picks are compared as sets (torchvision keeps them in index order, we in draw order).
+//! shape on both sides (`formula_tensor`, exact float64 arithmetic), so ResNet-50 and
+//! VGG-16 need no committed weights. Sampling: both draw torch's global generator in the
+//! same order, so seeding it identically before the training pass picks the same anchors and
+//! RoIs; the picks are compared as sets (torchvision keeps them in index order, we in draw
+//! order). VGG-16's head dropout draws from the same generator after the sampling; the
+//! script draws its masks over the RoIs in our order, so the training losses match too.
 //!
 //! Our config is set to torchvision's conventions where they differ from py-faster-rcnn's
 //! (see `config_for`). Values are compared to `TOL * max(1, |torchvision|)`: absolute for
@@ -36,6 +38,26 @@ static GLOBAL_RNG: Mutex<()> = Mutex::new(());
 // --- the weight formula (keep in sync with tests/fixtures/make_detector_fixtures.py) ---
 
 const ALPHA: f64 = 0.618_033_988_749_894_9;
+
+/// The gain of VGG-16's convs (see the script's `VGG_CONV_GAIN`).
+const VGG_CONV_GAIN: f64 = 1.22;
+
+/// The gain of a conv / fc weight: VGG-16's convs (`backbone.features.<index>.weight`)
+/// theirs, the predictors theirs (by the name's second-to-last part), 1 elsewhere.
+fn weight_gain(name: &str) -> f64 {
+    let parts: Vec<&str> = name.split('.').collect();
+    if let ["backbone", "features", index, "weight"] = parts.as_slice() {
+        if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) {
+            return VGG_CONV_GAIN;
+        }
+    }
+    match parts.iter().rev().nth(1) {
+        Some(&"cls_logits") => 4.0,
+        Some(&"cls_score") => 2.0,
+        Some(&"bbox_pred") => 0.5,
+        _ => 1.0,
+    }
+}
 
 /// A per-tensor offset in [0, 1) from the bytes of the tensor's name.
 fn name_phase(name: &str) -> f64 {
@@ -66,12 +88,7 @@ fn formula_tensor(name: &str, shape: &[i64]) -> Tensor {
         let _ = u.g_mul_scalar_(0.5);
         let _ = u.g_add_scalar_(0.5);
     } else {
-        let gain = match name.rsplit('.').nth(1) {
-            Some("cls_logits") => 4.0,
-            Some("cls_score") => 2.0,
-            Some("bbox_pred") => 0.5,
-            _ => 1.0,
-        };
+        let gain = weight_gain(name);
         let scale = 3f64.sqrt() * gain / ((n / shape[0]) as f64).sqrt();
         let _ = u.g_mul_scalar_(2.0);
         let _ = u.g_sub_scalar_(1.0);
@@ -177,6 +194,7 @@ fn config_for(s: &Value) -> ExperimentConfig {
             m.roi.head_hidden = int(&s["head_hidden"]);
         }
         "resnet50" => m.backbone = Backbone::Resnet50,
+        "vgg16" => m.backbone = Backbone::Vgg16,
         other => panic!("unknown backbone {other}"),
     }
     m.anchor_sizes = f64s(&s["anchor_sizes"]);
@@ -204,7 +222,12 @@ fn config_for(s: &Value) -> ExperimentConfig {
     m.rpn.smooth_l1_sigma = 1.0 / num(&s["rpn_smooth_l1_beta"]).sqrt();
     m.roi.smooth_l1_sigma = 1.0 / num(&s["roi_smooth_l1_beta"]).sqrt();
 
-    m.roi.pooler = Pooler::RoiAlign;
+    // RoIAlign unless the case says RoIPool (VGG-16, as in py-faster-rcnn).
+    m.roi.pooler = match s.get("pooler").map(|p| p.as_str().unwrap()) {
+        None | Some("roi_align") => Pooler::RoiAlign,
+        Some("roi_pool") => Pooler::RoiPool,
+        Some(other) => panic!("unknown pooler {other}"),
+    };
     m.roi.sampling_ratio = int(&s["roi_sampling_ratio"]);
     m.roi.aligned = false;
     // RoIs per image: torchvision 512, py-faster-rcnn 128 (small here on both sides).
@@ -411,4 +434,9 @@ fn small_backbone_detector_matches_torchvision() {
 #[test]
 fn resnet50_c4_detector_matches_torchvision() {
     check_case("resnet50_c4");
+}
+
+#[test]
+fn vgg16_detector_matches_torchvision() {
+    check_case("vgg16");
 }
