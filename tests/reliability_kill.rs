@@ -166,7 +166,7 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint() {
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
     let (mut resumes, mut none_complete, mut fresh_starts, mut finished) = (0, 0, 0, 0);
-    let mut kills = 0;
+    let (mut kills, mut resumes_since_fresh, mut finished_resumed) = (0, 0, 0);
     while kills < KILLS {
         let present = markers(&run_dir);
         // Every checkpoint a kill left behind is complete.
@@ -187,14 +187,25 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint() {
             );
             none_complete += 1;
             fresh_starts += 1;
+            resumes_since_fresh = 0;
             &fresh
         } else if done {
-            // Finished: start afresh to kill it in other phases again.
+            // Finished (after however many kills and resumes): it ended on the uninterrupted
+            // run's weights. Then start afresh, which clears them, to kill it in other
+            // phases again.
+            assert!(
+                weights(&run_dir, ITERATIONS) == reference,
+                "a run finished after {resumes_since_fresh} resumes ended on other weights \
+                 than the uninterrupted one"
+            );
             finished += 1;
+            finished_resumed += usize::from(resumes_since_fresh > 0);
+            resumes_since_fresh = 0;
             fresh_starts += 1;
             &fresh
         } else {
             resumes += 1;
+            resumes_since_fresh += 1;
             &resume
         };
         let delay = Duration::from_millis(rng.gen_range(150..1500));
@@ -292,7 +303,7 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint() {
         assert_eq!(mode(&path), 0o644, "{}", path.display());
     }
     eprintln!(
-        "{kills} SIGKILLs: {resumes} resumes, {none_complete} resumes with no complete checkpoint, {fresh_starts} fresh starts ({finished} after a finished run); {:.1} s",
+        "{kills} SIGKILLs: {resumes} resumes, {none_complete} resumes with no complete checkpoint, {fresh_starts} fresh starts ({finished} after a finished run, {finished_resumed} of them resumed after kills, each on the uninterrupted run's weights); {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
