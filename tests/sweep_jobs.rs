@@ -193,6 +193,19 @@ fn plan_job_and_report_cover_the_sweep_piece_by_piece() {
     assert!(parallel["missing"].as_array().unwrap().is_empty());
     assert_eq!(parallel, sweep.comparable_table("sequential"));
     sweep.assert_same_weights("jobs", "sequential");
+    // The report measures the runs (quantizer errors on the weights) in its own process:
+    // its numbers must not depend on the threads that process has.
+    let report_at = |threads: &str| {
+        let out = sweep
+            .command("jobs", &["--report"])
+            .env("OMP_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert_success(out);
+        sweep.comparable_table("jobs")
+    };
+    assert_eq!(report_at("1"), parallel);
+    assert_eq!(report_at("2"), parallel);
     assert!(sweep
         .results("jobs")
         .join("logs/seed-1__retrained__w2-ternary.log")

@@ -1,11 +1,12 @@
 //! `lbwnet quantize`: one float32 .npy tensor through one quantizer, written back as
 //! float32 `alpha * q` of the same shape.
+use crate::quant::error::{mean_square, mean_squared_error};
 use crate::quant::{quantize_codes, Method, QuantSpec};
 use anyhow::{ensure, Result};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
@@ -51,15 +52,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     );
     let quantized = tch::no_grad(|| quantize_codes(&weights, &spec));
     let output = quantized.dequantize();
-    let mse = if weights.numel() == 0 {
-        0.0
-    } else {
-        (&weights - &output)
-            .to_kind(Kind::Double)
-            .square()
-            .mean(Kind::Double)
-            .double_value(&[])
-    };
+    let mse = mean_squared_error(&weights, &output);
     crate::fsutil::write_atomic_via_path(&args.output, |tmp| {
         output.write_npy(tmp).map_err(Into::into)
     })?;
@@ -81,15 +74,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
 }
 
 fn print_summary(args: &QuantizeArgs, weights: &Tensor, summary: &Summary, magnitudes: &[f64]) {
-    let mean_square = if weights.numel() == 0 {
-        0.0
-    } else {
-        weights
-            .to_kind(Kind::Double)
-            .square()
-            .mean(Kind::Double)
-            .double_value(&[])
-    };
+    let mean_square = mean_square(weights);
     println!(
         "{} {:?} ({} weights) -> {}",
         args.input.display(),

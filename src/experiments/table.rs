@@ -5,6 +5,7 @@
 //! far the cell's quantizer is from the exact optimum on the trained weights.
 use crate::config::ExperimentConfig;
 use crate::experiments::stats::SeedSummary;
+use crate::quant::error::mean_squared_error;
 use crate::quant::{packing::storage_bytes, quantize, Method, QuantSpec};
 use crate::train::checkpoint;
 use crate::train::setup::build_model;
@@ -12,7 +13,7 @@ use crate::train::trainer::Timing;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// What one finished run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,12 +160,7 @@ pub fn measure_run(cfg: &ExperimentConfig) -> Result<RunMeasure> {
             quantized_params += numel;
             storage += storage_bytes(numel as u64, layer_spec.bits);
             let error = |s: &QuantSpec| -> f64 {
-                tch::no_grad(|| {
-                    (quantize(&layer.weight, s) - &layer.weight)
-                        .square()
-                        .mean(Kind::Double)
-                        .double_value(&[])
-                })
+                tch::no_grad(|| mean_squared_error(&quantize(&layer.weight, s), &layer.weight))
             };
             let optimum = error(&QuantSpec {
                 method: Method::Exact,

@@ -7,6 +7,7 @@
 //! to the CPU, where its solver runs.
 mod baselines;
 mod cpu;
+pub mod error;
 pub mod exact;
 pub mod flat;
 mod lbw;
