@@ -15,6 +15,7 @@ pub mod draw;
 pub mod eval;
 pub mod experiments;
 pub mod fsutil;
+pub mod machine;
 pub mod malloc_policy;
 pub mod nn;
 pub mod npy;

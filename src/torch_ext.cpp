@@ -1,5 +1,6 @@
 // libtorch calls that tch does not wrap; their safe Rust side is src/torch_ext.rs.
 #include <ATen/Context.h>
+#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
@@ -93,4 +94,26 @@ extern "C" uint64_t lbwnet_op_counter_start() {
 extern "C" int64_t lbwnet_op_counter_stop(uint64_t handle) {
   at::removeCallback(handle);
   return op_count;
+}
+
+// The vector instruction set ATen's CPU kernels dispatch to ("DEFAULT", "AVX2",
+// "AVX512", ...; ATEN_CPU_CAPABILITY lowers it), copied into `out` (NUL-terminated,
+// truncated to `len`). Returns the full length.
+extern "C" int lbwnet_cpu_capability(char* out, int len) {
+  const std::string capability = at::get_cpu_capability();
+  if (len > 0) {
+    const auto n = std::min<size_t>(capability.size(), static_cast<size_t>(len - 1));
+    capability.copy(out, n);
+    out[n] = '\0';
+  }
+  return static_cast<int>(capability.size());
+}
+
+// Whether cuDNN convolutions and cuBLAS matmuls may use TF32 (libtorch's global flags).
+extern "C" int lbwnet_allow_tf32_cudnn() {
+  return at::globalContext().allowTF32CuDNN() ? 1 : 0;
+}
+
+extern "C" int lbwnet_allow_tf32_cublas() {
+  return at::globalContext().allowTF32CuBLAS() ? 1 : 0;
 }

@@ -12,6 +12,9 @@ extern "C" {
     fn lbwnet_set_grad(var: *mut c_void, grad: *const c_void) -> i32;
     fn lbwnet_op_counter_start() -> u64;
     fn lbwnet_op_counter_stop(handle: u64) -> i64;
+    fn lbwnet_cpu_capability(out: *mut std::ffi::c_char, len: i32) -> i32;
+    fn lbwnet_allow_tf32_cudnn() -> i32;
+    fn lbwnet_allow_tf32_cublas() -> i32;
 }
 
 /// `at::globalContext().setDeterministicAlgorithms(on, warn_only = true)`, deterministic
@@ -89,6 +92,29 @@ pub fn count_ops<R>(f: impl FnOnce() -> R) -> (R, i64) {
     // SAFETY: `handle` came from the start call above on this thread.
     let count = unsafe { lbwnet_op_counter_stop(handle) };
     (result, count)
+}
+
+/// The vector instruction set ATen's CPU kernels dispatch to (`at::get_cpu_capability`:
+/// `DEFAULT`, `AVX2`, `AVX512`, ...).
+pub fn cpu_capability() -> String {
+    let mut buffer = [0 as std::ffi::c_char; 64];
+    // SAFETY: the shim writes at most `buffer.len()` bytes, NUL-terminated.
+    unsafe { lbwnet_cpu_capability(buffer.as_mut_ptr(), buffer.len() as i32) };
+    // SAFETY: NUL-terminated by the shim, within the buffer.
+    unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether libtorch lets cuDNN convolutions (first) and cuBLAS matmuls (second) use TF32.
+pub fn tf32_allowed() -> (bool, bool) {
+    // SAFETY: getters on libtorch's global context.
+    unsafe {
+        (
+            lbwnet_allow_tf32_cudnn() != 0,
+            lbwnet_allow_tf32_cublas() != 0,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -86,3 +86,40 @@ fn info_reports_libtorch() {
     assert!(stdout.contains("libtorch 2.11"), "{stdout}");
     assert!(stdout.contains("cuda available"), "{stdout}");
 }
+
+/// `info` names what decides a run's bits besides its config, and follows the caps a user
+/// sets to make two machines dispatch alike.
+#[test]
+fn info_reports_the_machine_and_instruction_set_caps() {
+    let run = |caps: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lbwnet"));
+        command.arg("info").env("OMP_NUM_THREADS", "1");
+        for (name, value) in caps {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = run(&[]);
+    for field in [
+        "cpu: ",
+        "aten cpu capability: ",
+        "onednn isa: ",
+        "cpu threads: 1",
+        "tf32: ",
+        "device: ",
+    ] {
+        assert!(plain.contains(field), "{field} missing from {plain}");
+    }
+    let capped = run(&[
+        ("ATEN_CPU_CAPABILITY", "default"),
+        ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+    ]);
+    assert!(capped.contains("aten cpu capability: DEFAULT"), "{capped}");
+    assert!(capped.contains("onednn isa: sse41"), "{capped}");
+    assert!(
+        capped.contains("instruction-set cap: ONEDNN_MAX_CPU_ISA=SSE41"),
+        "{capped}"
+    );
+}

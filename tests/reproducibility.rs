@@ -116,6 +116,7 @@ fn same_seed_same_bytes_in_two_processes() {
     assert!(names
         .iter()
         .any(|n| n.starts_with("detections/comp4_det_test_")));
+    assert_records_the_machine(&run_a);
     let (kept_a, kept_b) = (timing_free(&files_a), timing_free(&files_b));
     assert_eq!(
         kept_a.iter().map(|f| &f.0).collect::<Vec<_>>(),
@@ -127,6 +128,35 @@ fn same_seed_same_bytes_in_two_processes() {
             "{name} differs between two runs of one config"
         );
     }
+}
+
+/// What decided the run's bits besides its config is in `metrics.json` and `summary.md`.
+fn assert_records_the_machine(run: &Path) {
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let machine = &metrics["machine"];
+    for field in ["cpu", "aten_cpu_capability", "onednn_isa", "lbwnet"] {
+        assert!(
+            !machine[field].as_str().unwrap_or_default().is_empty(),
+            "machine.{field} missing: {machine}"
+        );
+    }
+    assert!(
+        machine["torch"].as_str().unwrap().starts_with("2.11"),
+        "{machine}"
+    );
+    assert_eq!(
+        machine["threads"], 1,
+        "the config's train.threads: {machine}"
+    );
+    assert_eq!(machine["device"], "cpu");
+    assert!(machine["tf32_cudnn"].is_boolean() && machine["deterministic"].is_boolean());
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    let cpu = machine["cpu"].as_str().unwrap();
+    assert!(
+        summary.contains("## Machine") && summary.contains(cpu) && summary.contains("1 thread(s)"),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::{ImageBatch, ImageTarget};
 use crate::eval::EvalReport;
 use crate::fsutil::{remove_stale_temp_files, write_atomic};
+use crate::machine::Machine;
 use crate::nn::FlatParameters;
 use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
@@ -45,6 +46,9 @@ pub struct Metrics {
     pub iterations: usize,
     pub seed: u64,
     pub run_dir: PathBuf,
+    /// What besides the config decided these numbers: CPU, instruction sets, threads,
+    /// versions, device and its settings.
+    pub machine: Machine,
 }
 
 /// Wall-clock figures of a finished training (`timing.json`).
@@ -381,6 +385,7 @@ fn finish(run: &PreparedRun, state: TrainingState) -> Result<(Metrics, EvalRepor
         iterations: t.iterations,
         seed: t.seed,
         run_dir: run.run_dir.clone(),
+        machine: Machine::current(run.device),
     };
     let timing = Timing {
         train_seconds: state.train_seconds,
@@ -407,7 +412,7 @@ pub fn write_results(
         serde_json::to_string_pretty(timing)?.as_bytes(),
     )?;
     let summary = format!(
-        "# {}\n\n- bits: {} ({}{}), seed {}\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}",
+        "# {}\n\n- bits: {} ({}{}), seed {}\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}\n## Machine\n\n{}",
         run_dir.display(),
         metrics.bits,
         metrics.method,
@@ -418,7 +423,8 @@ pub fn write_results(
         timing.images_per_second,
         metrics.metric,
         metrics.map,
-        report.to_markdown()
+        report.to_markdown(),
+        metrics.machine.to_markdown()
     );
     write_atomic(&run_dir.join("summary.md"), summary.as_bytes())?;
     write_atomic(
