@@ -269,6 +269,15 @@ fn pooling_variants_bit_widths_and_quantizers_match_lbwnet_and_the_fixtures() {
         write_stages(&lbw, &overrides, &image, &npz);
         let report = check(&["stages", path_arg(&onnx), path_arg(&npz), path_arg(&image)]);
         eprintln!("{name}: {report}");
+        // Two empty lists would agree: there must be something to compare.
+        assert!(
+            report["proposal_count"].as_u64().unwrap() >= 10,
+            "{name}: {report}"
+        );
+        assert!(
+            report["detections"].as_u64().unwrap() >= 10,
+            "{name}: {report}"
+        );
         let quantized = ModelFile::read(&lbw).unwrap().meta.layers.len();
         assert_eq!(quantized > 0, name != "float");
         assert_eq!(report["weights_bit_identical"], quantized, "{report}");
@@ -534,6 +543,8 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32, root: &Path) -> PathBuf {
         path_arg(&images[0].1),
     ]);
     eprintln!("{bits}-bit stages: {report}");
+    assert!(report["proposal_count"].as_u64().unwrap() >= 10, "{report}");
+    assert!(report["detections"].as_u64().unwrap() >= 10, "{report}");
     check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
     cfg.run_dir()
 }
