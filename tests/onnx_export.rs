@@ -283,18 +283,26 @@ fn pooling_variants_bit_widths_and_quantizers_match_lbwnet_and_the_fixtures() {
         assert_eq!(report["weights_bit_identical"], quantized, "{report}");
         let ops = check(&["ops", path_arg(&onnx), path_arg(&repo("tests/fixtures"))]);
         eprintln!("{name} operators: {ops}");
+        // onnxruntime ran the graph's own pooling node, whose attributes are the config's.
+        let (size, roi) = (lbwnet::nn::backbones::small::POOL_SIZE, &cfg.model.roi);
+        let scale = 1.0 / cfg.model.feature_stride as f64;
         let pooling = match name {
-            "roi_pool" => "max_roi_pool",
-            "aligned" => "roi_align half_pixel",
-            _ => "roi_align output_half_pixel",
+            "roi_pool" => format!("max_roi_pool {size}x{size} scale {scale}"),
+            _ => format!(
+                "roi_align {} {size}x{size} sampling {} scale {scale}",
+                if roi.aligned {
+                    "half_pixel"
+                } else {
+                    "output_half_pixel"
+                },
+                roi.sampling_ratio
+            ),
         };
-        assert!(
-            ops.as_object()
-                .unwrap()
-                .keys()
-                .any(|k| k.starts_with(pooling)),
-            "{ops}"
+        assert_eq!(
+            (name == "roi_pool", name == "aligned"),
+            (roi.pooler == lbwnet::config::Pooler::RoiPool, roi.aligned)
         );
+        assert!(ops.get(&pooling).is_some(), "{pooling} not in {ops}");
     }
 }
 
