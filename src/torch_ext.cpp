@@ -117,3 +117,17 @@ extern "C" int lbwnet_allow_tf32_cudnn() {
 extern "C" int lbwnet_allow_tf32_cublas() {
   return at::globalContext().allowTF32CuBLAS() ? 1 : 0;
 }
+
+// Lets cuDNN (convolutions and RNNs) and cuBLAS matmuls use TF32, or not, through the
+// legacy setters, which also set the float32-precision table to match (mixing the two APIs
+// makes the getters above throw). Returns 0 if libtorch refused.
+extern "C" int lbwnet_set_tf32(int cudnn, int cublas) {
+  try {
+    auto& context = at::globalContext();
+    context.setAllowTF32CuDNN(cudnn != 0);
+    context.setAllowTF32CuBLAS(cublas != 0);
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}

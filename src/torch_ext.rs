@@ -15,6 +15,7 @@ extern "C" {
     fn lbwnet_cpu_capability(out: *mut std::ffi::c_char, len: i32) -> i32;
     fn lbwnet_allow_tf32_cudnn() -> i32;
     fn lbwnet_allow_tf32_cublas() -> i32;
+    fn lbwnet_set_tf32(cudnn: i32, cublas: i32) -> i32;
 }
 
 /// `at::globalContext().setDeterministicAlgorithms(on, warn_only = true)`, deterministic
@@ -115,6 +116,15 @@ pub fn tf32_allowed() -> (bool, bool) {
             lbwnet_allow_tf32_cublas() != 0,
         )
     }
+}
+
+/// Sets whether libtorch lets cuDNN convolutions (and RNNs) and cuBLAS matmuls use TF32
+/// (`torch.backends.cudnn.allow_tf32`, `torch.backends.cuda.matmul.allow_tf32`): process-wide
+/// flags, read by each CUDA kernel launch; no effect on CPU work.
+pub fn set_tf32_allowed(cudnn: bool, cublas: bool) {
+    // SAFETY: plain setters on libtorch's global context; the shim catches exceptions.
+    let ok = unsafe { lbwnet_set_tf32(i32::from(cudnn), i32::from(cublas)) };
+    assert!(ok != 0, "libtorch refused to set its TF32 flags");
 }
 
 #[cfg(test)]
