@@ -50,9 +50,10 @@ pub struct StepTiming {
     pub quantized_proposals: Vec<i64>,
     pub quantized_rois: Vec<i64>,
     /// Test-time forward passes (`detect`: RPN, head, NMS) on the same image after the
-    /// training steps, per pass, and the proposals each one scored: the RPN keeps its
-    /// post_nms_top_n_test best-scored boxes without NMS, so models with different random
-    /// weights score the same number.
+    /// training steps, per pass, with Q(W) computed once before them as an evaluation does
+    /// (not timed; `bench inference` times it), and the proposals each one scored: the RPN
+    /// keeps its post_nms_top_n_test best-scored boxes without NMS, so models with
+    /// different random weights score the same number.
     pub float_inference_ms: Vec<f64>,
     pub quantized_inference_ms: Vec<f64>,
     pub float_inference_proposals: Vec<i64>,
@@ -206,6 +207,11 @@ pub fn bench_train_step(cfg: &ExperimentConfig, options: &TrainStepOptions) -> R
         rpn.pre_nms_top_n_test = rpn.post_nms_top_n_test;
         rpn.min_size = 0.0;
     }
+    // As in an evaluation, each model's Q(W) is computed once for all its inference passes.
+    let frozen: Vec<_> = runs
+        .iter()
+        .map(|run| run.model.registry.quantize_frozen())
+        .collect();
     let mut inference_ms = [Vec::new(), Vec::new()];
     let mut inference_proposals = [Vec::new(), Vec::new()];
     for round in 0..=repeats {
@@ -217,6 +223,7 @@ pub fn bench_train_step(cfg: &ExperimentConfig, options: &TrainStepOptions) -> R
             }
         }
     }
+    drop(frozen);
     let [float_inference_ms, quantized_inference_ms] = inference_ms;
     let [float_inference_proposals, quantized_inference_proposals] = inference_proposals;
     let [float_steps_ms, quantized_steps_ms] = times;

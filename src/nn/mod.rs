@@ -5,4 +5,6 @@ pub mod qlayers;
 pub mod weights;
 
 pub use flat::{FlatParameters, QuantizedWeights};
-pub use qlayers::{qconv2d, qlinear, LayerStats, QConv2d, QLinear, QuantRegistry, QuantSlot};
+pub use qlayers::{
+    qconv2d, qlinear, FrozenQuantization, LayerStats, QConv2d, QLinear, QuantRegistry, QuantSlot,
+};

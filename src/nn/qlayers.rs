@@ -68,12 +68,58 @@ impl QuantRegistry {
         f(&self.layers.lock().expect("quant registry poisoned"))
     }
 
+    /// Fills the slot of every quantized layer with its Q(W), one layer after another, for
+    /// a stretch in which the weights do not change (an evaluation): the layers' forwards
+    /// then reuse it instead of quantizing on every forward. Slots already filled (a
+    /// training step's pass) are left as they are. Dropping the returned guard empties the
+    /// slots it filled, so a forward after it (training) quantizes the current weights.
+    ///
+    /// Each Q(W) is `quant::quantize(W, spec)` under no-grad, what an empty slot's forward
+    /// computes, so the forwards give the same bits as without it.
+    pub fn quantize_frozen(&self) -> FrozenQuantization {
+        self.with_layers(|layers| {
+            tch::no_grad(|| {
+                let mut slots = Vec::new();
+                for layer in layers {
+                    let Some(spec) = &layer.spec else { continue };
+                    if layer.slot.get().is_some() {
+                        continue;
+                    }
+                    layer.slot.set(&crate::quant::quantize(&layer.weight, spec));
+                    slots.push(layer.slot.clone());
+                }
+                FrozenQuantization { slots }
+            })
+        })
+    }
+
     /// Every layer's current quantization summary, in registration order (quantizes the
     /// master weights once more; a device sync per layer).
     pub fn stats(&self) -> Vec<LayerStats> {
         self.with_layers(|layers| {
             tch::no_grad(|| layers.iter().map(RegisteredLayer::stats).collect())
         })
+    }
+}
+
+/// The slots [`QuantRegistry::quantize_frozen`] filled; emptied when this is dropped.
+#[must_use = "the quantized weights are withdrawn when this is dropped"]
+pub struct FrozenQuantization {
+    slots: Vec<QuantSlot>,
+}
+
+impl FrozenQuantization {
+    /// How many layers' Q(W) this holds (0 for a float model).
+    pub fn layers(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+impl Drop for FrozenQuantization {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            slot.clear();
+        }
     }
 }
 

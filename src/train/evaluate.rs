@@ -14,6 +14,11 @@ use tch::Device;
 /// Runs the detector over every image of `dataset`, writes `comp4_det_<split>_<class>.txt`
 /// into `dets_dir`, and scores them with the VOC evaluator. With `save_images > 0`, that
 /// many images with boxes drawn land in `dets_dir/../images/` as PNG.
+///
+/// The weights do not change during an evaluation, so every quantized layer's Q(W) is
+/// computed once, up front ([`crate::nn::QuantRegistry::quantize_frozen`]), and reused by
+/// every image's forward; the slots are emptied again on return, so training after it
+/// quantizes its own weights. The detections are the same bits as quantizing per forward.
 pub fn evaluate_model(
     model: &FasterRcnn,
     dataset: Arc<VocDataset>,
@@ -28,6 +33,7 @@ pub fn evaluate_model(
     let count = dataset.ids.len();
     let progress = crate::progress::progress_bar(count as u64, "eval");
     let mut drawn = 0;
+    let quantized = model.registry.quantize_frozen();
     for sample in Loader::new(dataset.clone(), loader_cfg, 0, Some(count))? {
         let sample = sample?;
         let batch = ImageBatch::new(&[sample.image.to_device(device)], vec![sample.scale]);
@@ -72,6 +78,7 @@ pub fn evaluate_model(
         progress.inc(1);
     }
     progress.finish_and_clear();
+    drop(quantized);
     write_and_evaluate(&dataset, dets_dir, &per_class, eval.metric)
 }
 
