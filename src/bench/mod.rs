@@ -4,6 +4,7 @@
 //! model), as medians of repeated runs. `lbwnet bench` parses arguments and calls them.
 pub mod breakdown;
 pub mod detect;
+pub mod inference;
 pub mod loader;
 pub mod onnxruntime;
 pub mod quantizers;

@@ -2,6 +2,7 @@
 use super::ConfigArgs;
 use crate::bench::breakdown::bench_breakdown;
 use crate::bench::detect::{bench_detect, DetectOptions};
+use crate::bench::inference::{bench_inference, InferenceOptions};
 use crate::bench::loader::bench_loader;
 use crate::bench::quantizers::{bench_quantizers, BenchOptions};
 use crate::bench::train_step::{bench_train_step, TrainStepOptions};
@@ -24,6 +25,10 @@ pub enum BenchTarget {
     Loader(LoaderBenchArgs),
     /// Median training-step time in float and at b bits, and their ratio.
     TrainStep(TrainStepBenchArgs),
+    /// Median test-time forward in float and at b bits (same random weights, same input,
+    /// Q(W) computed once beforehand as an evaluation does), their ratio, and the
+    /// quantization pass.
+    Inference(InferenceBenchArgs),
     /// Images/s of an exported model against the training-time model in evaluation mode,
     /// load times, the model file's size against the checkpoint, and the model exported
     /// as ONNX in onnxruntime (one thread and all) next to ours from decoded pixels.
@@ -108,6 +113,34 @@ pub struct TrainStepBenchArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct InferenceBenchArgs {
+    /// The model comes from this config (backbone, RPN and RoI settings, eval thresholds).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Input image size, HEIGHTxWIDTH (600x1000 is the VOC scale).
+    #[arg(long, default_value = "240x320")]
+    pub size: String,
+    /// Quantized bit-width compared with float (lbw, default c).
+    #[arg(long, default_value_t = 6)]
+    pub bits: u32,
+    /// Timed forwards per model (after one warm-up), alternating float and quantized.
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+    pub device: BenchDevice,
+    /// CPU threads (default: the config's `train.threads`, or torch's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also time the quantized model quantizing every layer on every forward (no pass
+    /// beforehand) and check that its detections are the same bits.
+    #[arg(long)]
+    pub per_forward: bool,
+    /// Print the result as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct QuantizeBenchArgs {
     /// Timed runs per method (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 5)]
@@ -138,6 +171,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchTarget::Quantize(args) => run_quantize(args),
         BenchTarget::Loader(args) => run_loader(args),
         BenchTarget::TrainStep(args) => run_train_step(args),
+        BenchTarget::Inference(args) => run_inference(args),
         BenchTarget::Detect(args) => run_detect(args),
     }
 }
@@ -231,6 +265,30 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
             t.summary(device) + "\n"
         })
     }
+}
+
+fn run_inference(args: InferenceBenchArgs) -> Result<()> {
+    let cfg = args.config.load()?;
+    let (height, width) = parse_size(&args.size)?;
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    ensure!(
+        (2..=8).contains(&args.bits),
+        "--bits {} is not allowed; use 2..=8",
+        args.bits
+    );
+    let device = bench_device(args.device)?;
+    set_threads(args.threads, Some(cfg.train.threads))?;
+    let options = InferenceOptions {
+        bits: args.bits,
+        height,
+        width,
+        repeats: args.repeats,
+        device,
+        per_forward: args.per_forward,
+    };
+    emit(&bench_inference(&cfg, &options)?, args.json, |t| {
+        t.summary(device)
+    })
 }
 
 fn bench_device(choice: BenchDevice) -> Result<tch::Device> {
