@@ -69,12 +69,22 @@ extern "C" int lbwnet_set_grad(at::Tensor* var, const at::Tensor* grad) {
 }
 
 // Counts the top-level ATen operations this thread dispatches (an op called from inside
-// another op is not counted), for tests of how many kernels a pass launches.
+// another op is not counted), for tests of how many kernels a pass launches, and on request
+// records the names of all of them, nested ones too, with their depth.
 namespace {
 thread_local int64_t op_depth = 0;
 thread_local int64_t op_count = 0;
+thread_local bool op_recording = false;
+// One line per operation in dispatch order: "<depth> <name>\n".
+thread_local std::string op_names;
 
-std::unique_ptr<at::ObserverContext> on_op_start(const at::RecordFunction&) {
+std::unique_ptr<at::ObserverContext> on_op_start(const at::RecordFunction& fn) {
+  if (op_recording) {
+    op_names += std::to_string(op_depth);
+    op_names += ' ';
+    op_names += fn.name();
+    op_names += '\n';
+  }
   if (op_depth++ == 0) {
     ++op_count;
   }
@@ -84,16 +94,30 @@ std::unique_ptr<at::ObserverContext> on_op_start(const at::RecordFunction&) {
 void on_op_end(const at::RecordFunction&, at::ObserverContext*) { --op_depth; }
 }  // namespace
 
-extern "C" uint64_t lbwnet_op_counter_start() {
+extern "C" uint64_t lbwnet_op_counter_start(int record_names) {
   op_depth = 0;
   op_count = 0;
+  op_recording = record_names != 0;
+  op_names.clear();
   return at::addThreadLocalCallback(
       at::RecordFunctionCallback(on_op_start, on_op_end).scopes({at::RecordScope::FUNCTION}));
 }
 
 extern "C" int64_t lbwnet_op_counter_stop(uint64_t handle) {
   at::removeCallback(handle);
+  op_recording = false;
   return op_count;
+}
+
+// The names recorded since the last start ("<depth> <name>" lines), copied into `out`
+// (NUL-terminated, truncated to `len`). Returns the full length.
+extern "C" int64_t lbwnet_op_names(char* out, int64_t len) {
+  if (len > 0) {
+    const auto n = std::min<size_t>(op_names.size(), static_cast<size_t>(len - 1));
+    op_names.copy(out, n);
+    out[n] = '\0';
+  }
+  return static_cast<int64_t>(op_names.size());
 }
 
 // The vector instruction set ATen's CPU kernels dispatch to ("DEFAULT", "AVX2",

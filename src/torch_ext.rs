@@ -10,8 +10,9 @@ extern "C" {
     fn lbwnet_channels_last(tensor: *const c_void) -> *mut c_void;
     fn lbwnet_straight_through(weight: *const c_void, quantized: *const c_void) -> *mut c_void;
     fn lbwnet_set_grad(var: *mut c_void, grad: *const c_void) -> i32;
-    fn lbwnet_op_counter_start() -> u64;
+    fn lbwnet_op_counter_start(record_names: i32) -> u64;
     fn lbwnet_op_counter_stop(handle: u64) -> i64;
+    fn lbwnet_op_names(out: *mut std::ffi::c_char, len: i64) -> i64;
     fn lbwnet_cpu_capability(out: *mut std::ffi::c_char, len: i32) -> i32;
     fn lbwnet_allow_tf32_cudnn() -> i32;
     fn lbwnet_allow_tf32_cublas() -> i32;
@@ -88,11 +89,48 @@ pub fn divide(t: &tch::Tensor, divisor: f64) -> tch::Tensor {
 /// operations call are not counted): a device-independent count of kernel launches.
 pub fn count_ops<R>(f: impl FnOnce() -> R) -> (R, i64) {
     // SAFETY: registers a thread-local RecordFunction callback, removed right below.
-    let handle = unsafe { lbwnet_op_counter_start() };
+    let handle = unsafe { lbwnet_op_counter_start(0) };
     let result = f();
     // SAFETY: `handle` came from the start call above on this thread.
     let count = unsafe { lbwnet_op_counter_stop(handle) };
     (result, count)
+}
+
+/// One ATen operation that [`record_ops`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOp {
+    /// The operator's name, e.g. `aten::add`.
+    pub name: String,
+    /// 0 for an operation `f` called itself, 1 for one that such an operation called, ...
+    pub depth: usize,
+}
+
+/// Every ATen operation `f` dispatches on this thread, nested ones included, in order: the
+/// operations at depth 0 are the ones [`count_ops`] counts.
+pub fn record_ops<R>(f: impl FnOnce() -> R) -> (R, Vec<RecordedOp>) {
+    // SAFETY: registers a thread-local RecordFunction callback, removed right below.
+    let handle = unsafe { lbwnet_op_counter_start(1) };
+    let result = f();
+    // SAFETY: `handle` came from the start call above on this thread.
+    unsafe { lbwnet_op_counter_stop(handle) };
+    // SAFETY: a null buffer of length 0 only asks for the length.
+    let len = unsafe { lbwnet_op_names(std::ptr::null_mut(), 0) };
+    let mut buffer = vec![0 as std::ffi::c_char; len as usize + 1];
+    // SAFETY: the shim writes at most `buffer.len()` bytes, NUL-terminated.
+    unsafe { lbwnet_op_names(buffer.as_mut_ptr(), buffer.len() as i64) };
+    // SAFETY: NUL-terminated by the shim, within the buffer.
+    let text = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) }.to_string_lossy();
+    let ops = text
+        .lines()
+        .map(|line| {
+            let (depth, name) = line.split_once(' ').expect("a recorded op line");
+            RecordedOp {
+                name: name.to_string(),
+                depth: depth.parse().expect("a recorded op depth"),
+            }
+        })
+        .collect();
+    (result, ops)
 }
 
 /// The vector instruction set ATen's CPU kernels dispatch to (`at::get_cpu_capability`:
@@ -174,6 +212,21 @@ mod tests {
         assert_eq!(ops, 2);
         let ((), none) = super::count_ops(|| ());
         assert_eq!(none, 0);
+        let (_, recorded) = super::record_ops(|| super::divide(&t, 7.0));
+        let top: Vec<&str> = recorded
+            .iter()
+            .filter(|op| op.depth == 0)
+            .map(|op| op.name.as_str())
+            .collect();
+        assert_eq!(top, ["aten::scalar_tensor", "aten::div"], "{recorded:?}");
+        // A conversion copies through nested operations, which are recorded below it.
+        let (_, recorded) = super::record_ops(|| t.to_kind(tch::Kind::Double));
+        assert_eq!(recorded[0].name, "aten::to", "{recorded:?}");
+        assert!(recorded[1..].iter().all(|op| op.depth > 0), "{recorded:?}");
+        assert!(
+            recorded.iter().any(|op| op.name == "aten::copy_"),
+            "{recorded:?}"
+        );
     }
 
     #[test]
