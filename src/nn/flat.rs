@@ -1,7 +1,7 @@
 //! Flat parameters: every trainable variable becomes a view into one of two flat buffers
 //! (weights with weight decay, and biases and norm parameters without), its gradient a view
 //! into a matching gradient buffer, and the quantized layers of each [`QuantSpec`] lie back
-//! to back. One quantization pass ([`FlatParameters::quantize_weights`]) and one optimizer
+//! to back, each at a multiple of the flat pass's chunk (`quant::flat::chunked`). One quantization pass ([`FlatParameters::quantize_weights`]) and one optimizer
 //! step then cover the whole model in a number of tensor operations that does not grow
 //! with the number of layers, as FSDP's flat parameters and apex's multi-tensor apply do:
 //! on a GPU, per-layer passes are bound by kernel launches, not by memory.
@@ -10,7 +10,7 @@
 //! them): only their storage moves into the buffers, so loading a checkpoint, saving one
 //! and evaluating work as before.
 use crate::nn::qlayers::{QuantRegistry, QuantSlot};
-use crate::quant::flat::aligned;
+use crate::quant::flat::{aligned, chunked};
 use crate::quant::{FlatSegments, QuantSpec};
 use anyhow::{bail, Result};
 use std::cell::OnceCell;
@@ -105,8 +105,12 @@ impl FlatParameters {
         let device = check_uniform(&trainable)?;
         let (runs, fixed) = group_quantized_layers(registry, &trainable);
         let (decay_names, plain_names) = buffer_order(&runs, &trainable);
-        let decay = flatten(&decay_names, &trainable, true, device);
-        let plain = flatten(&plain_names, &trainable, false, device);
+        let quantized: HashSet<&str> = runs
+            .iter()
+            .flat_map(|(_, members)| members.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        let decay = flatten(&decay_names, &trainable, true, &quantized, device);
+        let plain = flatten(&plain_names, &trainable, false, &quantized, device);
         let quant_runs = runs
             .into_iter()
             .map(|(spec, members)| quant_run(spec, members, &decay, device))
@@ -231,6 +235,15 @@ fn quant_run(
         .map(|(name, _)| member_of[name.as_str()].numel())
         .collect();
     let segments = FlatSegments::new(spec, numels, device)?;
+    let offsets: Vec<i64> = members
+        .iter()
+        .map(|(name, _)| member_of[name.as_str()].offset - first)
+        .collect();
+    assert_eq!(
+        offsets,
+        segments.offsets(),
+        "the run's layout is the flat pass's"
+    );
     let values = decay.values.narrow(0, first, segments.total());
     let output = Tensor::zeros([segments.total()], (Kind::Float, device));
     let layers = members
@@ -269,13 +282,15 @@ fn check_uniform(variables: &BTreeMap<String, Tensor>) -> Result<Device> {
     Ok(device.unwrap_or(Device::Cpu))
 }
 
-/// Copies the variables `names` into one flat buffer (each at an [`aligned`] offset, zeros
+/// Copies the variables `names` into one flat buffer (each at an [`aligned`] offset, the
+/// `quantized` ones taking [`chunked`] extents as the flat pass lays them out; zeros
 /// between) and makes each a view of it, with a gradient that is a view of a zeroed buffer
 /// of the same layout.
 fn flatten(
     names: &[String],
     variables: &BTreeMap<String, Tensor>,
     decay: bool,
+    quantized: &HashSet<&str>,
     device: Device,
 ) -> FlatGroup {
     let mut members = Vec::with_capacity(names.len());
@@ -288,7 +303,11 @@ fn flatten(
             shape,
         };
         // Every variable at an aligned offset, as its own allocation would be.
-        offset += aligned(member.numel());
+        offset += if quantized.contains(name.as_str()) {
+            chunked(member.numel())
+        } else {
+            aligned(member.numel())
+        };
         members.push(member);
     }
     let values = Tensor::zeros([offset], (Kind::Float, device));

@@ -147,7 +147,8 @@ pub(crate) fn pow2_values_into(weights: &[f32], alpha: f32, n: u32, values: &mut
     cpu::zip_blocks(weights, values, |src, dst| rule.fill_values(src, dst));
 }
 
-/// [`pow2_values`] as tensor ops (CUDA's path); `alpha` is 0-d or one scale per weight.
+/// [`pow2_values`] as tensor ops (CUDA's path); `alpha` is 0-d or broadcasts against `w`
+/// (one scale per row of a `[chunks, C]` view, say).
 pub(crate) fn pow2_values_tensor(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
     dequantize_tensor(
         alpha,
@@ -215,8 +216,8 @@ impl Pow2Rule {
 }
 
 /// The same rule as tensor ops, for devices other than the CPU: `r = m * 2^e` with
-/// `m` in [0.5, 1) gives index `e - 1 + n + (m >= 0.75)`. `alpha` is 0-d or one scale per
-/// weight.
+/// `m` in [0.5, 1) gives index `e - 1 + n + (m >= 0.75)`. `alpha` is 0-d or broadcasts
+/// against `w`.
 fn pow2_codes_tensor(w: &Tensor, alpha: &Tensor, n: u32) -> Tensor {
     let n = i64::from(n);
     let r = w.abs() / nonzero_scale_tensor(alpha);
@@ -271,7 +272,7 @@ fn look_up(codes: &[i8], values: &mut [f32], table: &[f32], max_code: i32) {
     }
 }
 
-/// `level(code) * alpha` as tensor ops; `alpha` is 0-d or one scale per code.
+/// `level(code) * alpha` as tensor ops; `alpha` is 0-d or broadcasts against the codes.
 fn dequantize_tensor(alpha: &Tensor, codes: &Tensor, levels: LevelSet) -> Tensor {
     let magnitudes = levels.magnitude_table(codes.device());
     let signed = Tensor::cat(
