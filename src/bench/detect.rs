@@ -6,7 +6,7 @@ use super::onnxruntime::{time_onnxruntime, OnnxruntimeTiming};
 use super::{elapsed_ms, median};
 use crate::config::ExperimentConfig;
 use crate::data::loader::{load_sample, LoaderConfig};
-use crate::data::transforms::decode_rgb;
+use crate::data::transforms::decode_rgb_annotated;
 use crate::data::voc::VocDataset;
 use crate::deploy::onnx::export_onnx;
 use crate::deploy::{export_run, DeployedModel, ModelFile};
@@ -260,7 +260,13 @@ fn test_images(
         .map(|i| {
             let sample = load_sample(&dataset, i, false, &loader_cfg)?;
             let batch = ImageBatch::new(&[sample.image.to_device(device)], vec![sample.scale]);
-            Ok((batch, decode_rgb(&dataset.image_path(i))?))
+            // The frame the loader used (the annotation's), so both models see one image.
+            let annotation = &dataset.annotations[i];
+            let (width, height) = (annotation.width, annotation.height);
+            Ok((
+                batch,
+                decode_rgb_annotated(&dataset.image_path(i), width, height)?,
+            ))
         })
         .collect::<Result<Vec<_>>>()
         .map(|pairs| pairs.into_iter().unzip())

@@ -13,8 +13,9 @@ pub struct DetectArgs {
     /// The model file (`lbwnet export`).
     #[arg(long, value_name = "MODEL.lbw")]
     pub model: PathBuf,
-    /// Image files (JPEG or PNG, any size; grayscale and RGBA are converted) and
-    /// directories (their .jpg, .jpeg and .png files).
+    /// Image files (JPEG or PNG, any size; grayscale and RGBA are converted; taken as a
+    /// viewer shows them, their EXIF orientation applied) and directories (their .jpg,
+    /// .jpeg and .png files).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
     /// Output directory: detections.json and one PNG per image with the boxes drawn
@@ -43,6 +44,7 @@ pub enum DetectDevice {
 #[derive(Debug, Serialize)]
 struct ImageRecord {
     path: PathBuf,
+    /// The size as shown (EXIF orientation applied), the frame of the boxes.
     width: u32,
     height: u32,
     detections: Vec<Detection>,
@@ -171,7 +173,8 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Decodes one image, runs the model, and writes the PNG when `png` is given.
+/// Decodes one image (as shown: EXIF orientation applied), runs the model, and writes the
+/// PNG when `png` is given.
 fn detect_one(
     model: &DeployedModel,
     path: &Path,

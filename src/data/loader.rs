@@ -6,7 +6,8 @@
 //! `(seed, epoch)`, and the flip comes from a hash of `(seed, p)`. A training run resumed
 //! at iteration `p` therefore sees exactly the data it would have seen without stopping.
 use super::transforms::{
-    decode_rgb, flip_boxes, resize_normalize_into, resize_scale, scaled_size, voc_to_pixel_box,
+    decode_rgb_annotated, flip_boxes, resize_normalize_into, resize_scale, scaled_size,
+    voc_to_pixel_box,
 };
 use super::voc::VocDataset;
 use crate::config::{DataConfig, Normalization};
@@ -92,16 +93,9 @@ pub fn load_sample(
 ) -> Result<Sample> {
     let annotation = &dataset.annotations[index];
     let path = dataset.image_path(index);
-    let image = decode_rgb(&path)?;
+    // In the frame whose size the annotation gives (EXIF orientation applied or not).
+    let image = decode_rgb_annotated(&path, annotation.width, annotation.height)?;
     let (width, height) = image.dimensions();
-    if (width, height) != (annotation.width, annotation.height) {
-        bail!(
-            "image {} is {width}x{height} but its annotation says {}x{}",
-            path.display(),
-            annotation.width,
-            annotation.height
-        );
-    }
     let scale = resize_scale(width, height, cfg.min_size, cfg.max_size);
     let (new_width, new_height) = scaled_size(width, height, scale);
     let kept = target_boxes(dataset, index, cfg, flip);

@@ -1,4 +1,5 @@
-//! Image and box transforms of the detector's input (SPEC §2): decode to RGB, resize the
+//! Image and box transforms of the detector's input (SPEC §2): decode to RGB (in the frame
+//! the EXIF orientation shows, or the one an annotation's size describes, SPEC §3), resize the
 //! shorter side to `min_size` with the longer side capped at `max_size`, horizontal flip,
 //! and pixel normalization into a CHW float buffer.
 //!
@@ -7,8 +8,9 @@
 //! detection transform) and cv2's `INTER_LINEAR` (py-faster-rcnn). It is fused with the
 //! flip and the normalization into one pass that writes the float output directly.
 use crate::config::Normalization;
-use anyhow::{Context, Result};
-use image::RgbImage;
+use anyhow::{bail, Context, Result};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, RgbImage};
 use std::path::Path;
 
 /// torchvision's ImageNet RGB mean and std (pixels in [0, 1]).
@@ -17,15 +19,73 @@ pub const TORCHVISION_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// py-faster-rcnn's Caffe pixel means, in BGR order (pixels in [0, 255]).
 pub const CAFFE_BGR_MEAN: [f32; 3] = [102.9801, 115.9465, 122.7717];
 
-/// Decodes an image file to 8-bit RGB.
+/// Decodes an image file to 8-bit RGB in the frame a viewer shows: its EXIF orientation
+/// (any of the 8) applied, as detectron2, Ultralytics and Pillow's `exif_transpose` do. A
+/// file without one, or with one that cannot be read, is taken as stored.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
+    decode_rgb_in(path, None)
+}
+
+/// Decodes an annotated image file to 8-bit RGB in the frame whose size its annotation
+/// gives (SPEC §3): as shown (EXIF orientation applied) when that is `width` x `height`,
+/// else as stored when that is; a size matching neither is an error naming the file,
+/// found before the pixels are decoded. Where both match (a turn by 180°, a mirror, a
+/// square picture) the annotation cannot tell, and the shown frame is taken, as
+/// detectron2 takes it.
+pub fn decode_rgb_annotated(path: &Path, width: u32, height: u32) -> Result<RgbImage> {
+    decode_rgb_in(path, Some((width, height)))
+}
+
+/// `(width, height)` of an image stored as `stored` once `orientation` is applied.
+pub fn shown_size(stored: (u32, u32), orientation: Orientation) -> (u32, u32) {
+    match orientation {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (stored.1, stored.0),
+        _ => stored,
+    }
+}
+
+fn decode_rgb_in(path: &Path, annotated: Option<(u32, u32)>) -> Result<RgbImage> {
+    let decoding = || format!("decoding image {}", path.display());
+    let mut decoder = image::ImageReader::open(path)
         .with_context(|| format!("opening image {}", path.display()))?
         .with_guessed_format()
-        .with_context(|| format!("reading image {}", path.display()))?;
-    let image = reader
-        .decode()
-        .with_context(|| format!("decoding image {}", path.display()))?;
+        .with_context(|| format!("reading image {}", path.display()))?
+        .into_decoder()
+        .with_context(decoding)?;
+    // A damaged EXIF block is no reason to refuse pixels that decode: taken as stored.
+    let found = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let stored = decoder.dimensions();
+    let shown = shown_size(stored, found);
+    let orientation = match annotated {
+        None => found,
+        Some(size) if size == shown => found,
+        Some(size) if size == stored => Orientation::NoTransforms,
+        Some((width, height)) if found == Orientation::NoTransforms => bail!(
+            "image {} is {}x{} but its annotation says {width}x{height}",
+            path.display(),
+            stored.0,
+            stored.1
+        ),
+        Some((width, height)) => bail!(
+            "image {} is {}x{} as stored and {}x{} as shown (EXIF orientation {}), but its \
+             annotation says {width}x{height}",
+            path.display(),
+            stored.0,
+            stored.1,
+            shown.0,
+            shown.1,
+            found.to_exif()
+        ),
+    };
+    // `ImageReader::decode`'s allocation limit, which decoding through the decoder skips.
+    image::Limits::default()
+        .reserve(decoder.total_bytes())
+        .with_context(decoding)?;
+    let mut image = DynamicImage::from_decoder(decoder).with_context(decoding)?;
+    image.apply_orientation(orientation);
     Ok(image.into_rgb8())
 }
 
