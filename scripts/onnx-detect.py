@@ -3,7 +3,9 @@
 
 Prints one JSON line per image, as `lbwnet detect --json` does:
 {"path", "width", "height", "detections": [{"class", "score", "box": [x1, y1, x2, y2]}]}
-with boxes in the image's own pixels, rounded to 0.01 as lbwnet rounds them.
+with boxes in the image's own pixels, rounded to 0.01 as lbwnet rounds them. An image is
+taken as a viewer shows it: its EXIF orientation (any of the 8) applied, as lbwnet does, so
+width, height and boxes are in that frame.
 
     scripts/onnx-detect.py IMAGE... --model MODEL.onnx [--score-thresh 0.5] [--threads N]
 """
@@ -14,7 +16,16 @@ import sys
 
 import numpy as np
 import onnxruntime
-from PIL import Image
+from PIL import Image, ImageOps
+
+
+def as_shown(image):
+    """`image` as a viewer shows it: its EXIF orientation applied (lbwnet detect's frame);
+    as stored when it has none or its EXIF block cannot be read."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a damaged EXIF block, as lbwnet: the pixels as stored
+        return image
 
 
 def main():
@@ -41,7 +52,9 @@ def main():
     failed = 0
     for path in args.images:
         try:
-            image = np.asarray(Image.open(path).convert("RGB"))
+            with Image.open(path) as opened:
+                opened.load()
+                image = np.asarray(as_shown(opened).convert("RGB"))
         except OSError as err:
             print(json.dumps({"path": path, "error": str(err)}, separators=(",", ":")))
             failed += 1
