@@ -6,9 +6,10 @@
 //! The quantized model runs as an evaluation runs it (`train::evaluate`): one quantization
 //! pass fills every layer's Q(W) before the forwards ([`QuantRegistry::quantize_frozen`]),
 //! and the forwards reuse it. That pass is timed separately (`quantize_pass_ms`): an
-//! evaluation pays it once, whatever its number of images. `--per-forward` also times the
-//! quantized model without it (every layer quantizing its weight on every forward, as
-//! evaluations did before) and checks that both give the same detections, bit for bit.
+//! evaluation pays it once, whatever its number of images. `--per-forward` also times a
+//! second copy of the quantized model without it (every layer quantizing its weight on
+//! every forward, as evaluations did before) and checks that both give the same
+//! detections, bit for bit.
 //!
 //! [`QuantRegistry::quantize_frozen`]: crate::nn::QuantRegistry::quantize_frozen
 use super::train_step::{model_name, proposal_count, synthetic_batch};
@@ -58,7 +59,7 @@ pub struct InferenceTiming {
     pub amortized_ratio: [(usize, f64); 3],
     /// With `--per-forward`: the quantized model's median forward quantizing every layer
     /// on the way (no pass beforehand), its ratio to float, and whether its detections
-    /// were bit-identical to the forwards with the pass in every timed round.
+    /// were bit-identical to the forwards with the pass in every round.
     pub per_forward_ms: Option<f64>,
     pub per_forward_ratio: Option<f64>,
     pub per_forward_identical: Option<bool>,
@@ -85,14 +86,16 @@ struct Side {
     model: FasterRcnn,
 }
 
-/// `cfg` in float and at `bits` (lbw, default c), the quantized one with the float one's
-/// weights, both scoring exactly `post_nms_top_n_test` proposals (no RPN NMS, no minimum
-/// size) so their heads do the same work although their outputs differ.
+/// `cfg` in float and at `bits` (lbw, default c), `quantized_copies` times, every quantized
+/// one with the float one's weights, all scoring exactly `post_nms_top_n_test` proposals
+/// (no RPN NMS, no minimum size) so their heads do the same work although their outputs
+/// differ.
 fn float_and_quantized(
     cfg: &ExperimentConfig,
     bits: u32,
     device: Device,
-) -> Result<([Side; 2], Option<f64>)> {
+    quantized_copies: usize,
+) -> Result<(Vec<Side>, Option<f64>)> {
     let mut float_cfg = cfg.clone();
     float_cfg.quant.bits = crate::quant::FLOAT_BITS;
     let mut quant_cfg = cfg.clone();
@@ -109,10 +112,13 @@ fn float_and_quantized(
         Ok(Side { vs, model })
     };
     tch::manual_seed(cfg.train.seed as i64);
-    let float = build(&float_cfg)?;
-    let mut quantized = build(&quant_cfg)?;
-    quantized.vs.copy(&float.vs)?;
-    Ok(([float, quantized], quant_cfg.effective_c()))
+    let mut sides = vec![build(&float_cfg)?];
+    for _ in 0..quantized_copies {
+        let mut quantized = build(&quant_cfg)?;
+        quantized.vs.copy(&sides[0].vs)?;
+        sides.push(quantized);
+    }
+    Ok((sides, quant_cfg.effective_c()))
 }
 
 /// One forward pass and its time.
@@ -141,8 +147,12 @@ fn detection_count(pass: &InferencePass) -> i64 {
 }
 
 /// Times `repeats` forwards of `cfg`'s model in float and at `bits` (lbw, default c) after
-/// one warm-up round, alternating which goes first from round to round. The quantized
-/// model's pass runs before its forward in every round (timed apart from it).
+/// one warm-up round, rotating which model goes first from round to round.
+///
+/// As in an evaluation, the quantized model's pass fills its layers' Q(W) once and every
+/// forward reuses it: the pass is timed `repeats` times up front (after a warm-up), and
+/// the last one's Q(W) stays for all the forwards. With `per_forward`, a second quantized
+/// model with the same weights runs without the pass, quantizing on every forward.
 pub fn bench_inference(
     cfg: &ExperimentConfig,
     options: &InferenceOptions,
@@ -157,49 +167,43 @@ pub fn bench_inference(
     } = *options;
     ensure!(repeats >= 1, "repeats must be at least 1");
     let (batch, _) = synthetic_batch(height, width, device);
-    let ([float, quantized], c) = float_and_quantized(cfg, bits, device)?;
-    let mut float_ms = Vec::new();
-    let mut quantized_ms = Vec::new();
+    let (sides, c) = float_and_quantized(cfg, bits, device, 1 + usize::from(per_forward))?;
+    let registry = &sides[1].model.registry;
     let mut pass_ms = Vec::new();
-    let mut per_forward_ms = Vec::new();
-    let mut identical = true;
-    let mut quantized_layers = 0;
-    let mut last = None;
+    let mut frozen = None;
     for round in 0..=repeats {
-        let timed = round > 0;
-        let mut float_pass = None;
-        let mut quantized_pass = None;
-        // Even rounds float first, odd rounds quantized first.
-        for which in [round % 2, 1 - round % 2] {
-            if which == 0 {
-                let (pass, ms) = forward(&float, &batch, cfg, device);
-                if timed {
-                    float_ms.push(ms);
-                }
-                float_pass = Some(pass);
-            } else {
-                let (frozen, ms) =
-                    elapsed_ms(device, || quantized.model.registry.quantize_frozen());
-                quantized_layers = frozen.layers();
-                let (pass, forward_ms) = forward(&quantized, &batch, cfg, device);
-                drop(frozen);
-                if timed {
-                    pass_ms.push(ms);
-                    quantized_ms.push(forward_ms);
-                }
-                if per_forward {
-                    let (reference, ms) = forward(&quantized, &batch, cfg, device);
-                    if timed {
-                        per_forward_ms.push(ms);
-                        identical &= same_output(&pass, &reference);
-                    }
-                }
-                quantized_pass = Some(pass);
-            }
+        drop(frozen.take());
+        let (guard, ms) = elapsed_ms(device, || registry.quantize_frozen());
+        if round > 0 {
+            pass_ms.push(ms);
         }
-        last = float_pass.zip(quantized_pass);
+        frozen = Some(guard);
     }
-    let (float_last, quantized_last) = last.expect("at least one round ran");
+    let frozen = frozen.expect("the pass ran");
+    let quantized_layers = frozen.layers();
+    let mut times = vec![Vec::new(); sides.len()];
+    let mut identical = true;
+    let mut last: Vec<Option<InferencePass>> = (0..sides.len()).map(|_| None).collect();
+    for round in 0..=repeats {
+        for k in 0..sides.len() {
+            let i = (round + k) % sides.len();
+            let (pass, ms) = forward(&sides[i], &batch, cfg, device);
+            if round > 0 {
+                times[i].push(ms);
+            }
+            last[i] = Some(pass);
+        }
+        if let (Some(Some(with_pass)), Some(Some(reference))) = (last.get(1), last.get(2)) {
+            identical &= same_output(with_pass, reference);
+        }
+    }
+    drop(frozen);
+    let mut last = last.into_iter().map(|p| p.expect("every model ran"));
+    let (float_last, quantized_last) = (last.next().unwrap(), last.next().unwrap());
+    let mut times = times.into_iter();
+    let float_ms = times.next().unwrap();
+    let quantized_ms = times.next().unwrap();
+    let per_forward_ms = times.next().unwrap_or_default();
     let float_median = median(&mut float_ms.clone());
     let quantized_median = median(&mut quantized_ms.clone());
     let pass_median = median(&mut pass_ms.clone());
