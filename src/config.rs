@@ -5,6 +5,7 @@
 //! key and what is allowed.
 pub mod synthetic;
 
+use crate::detect::nms::NmsBackend;
 use crate::quant::{Method, FLOAT_BITS};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -142,6 +143,12 @@ pub struct RpnConfig {
     pub min_size: f64,
     /// Smooth-L1 sigma of the RPN box loss.
     pub smooth_l1_sigma: f64,
+    /// The proposal layer's NMS implementation: `auto` (the default), `host`, `mask` or
+    /// `blocks`; all keep the same boxes (`detect::nms::NmsBackend`, README "GPU"). Written
+    /// to `config.yaml` only when not `auto`: a saved config from before the key means
+    /// `auto`, so such runs stay reusable by sweeps.
+    #[serde(skip_serializing_if = "NmsBackend::is_auto")]
+    pub nms_backend: NmsBackend,
 }
 
 impl Default for RpnConfig {
@@ -159,6 +166,7 @@ impl Default for RpnConfig {
             nms_thresh: 0.7,
             min_size: 16.0,
             smooth_l1_sigma: 3.0,
+            nms_backend: NmsBackend::Auto,
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::detect::box_coder::BoxCoder;
 use crate::detect::box_ops::{box_iou, clip_boxes_to_image, remove_small_boxes};
 use crate::detect::image_list::ImageTarget;
 use crate::detect::matcher::Matcher;
-use crate::detect::nms::nms_top_k;
+use crate::detect::nms::nms_top_k_with;
 use crate::detect::sampler::BalancedSampler;
 use crate::nn::{qconv2d, QConv2d, QuantRegistry};
 use crate::quant::QuantSpec;
@@ -249,7 +249,13 @@ impl Rpn {
         let boxes = clip_boxes_to_image(&boxes, height, width);
         let keep = remove_small_boxes(&boxes, self.cfg.min_size * scale);
         let (boxes, scores) = (boxes.index_select(0, &keep), scores.index_select(0, &keep));
-        let keep = nms_top_k(&boxes, &scores, self.cfg.nms_thresh, Some(post_nms));
+        let keep = nms_top_k_with(
+            &boxes,
+            &scores,
+            self.cfg.nms_thresh,
+            Some(post_nms),
+            self.cfg.nms_backend,
+        );
         boxes.index_select(0, &keep)
     }
 
