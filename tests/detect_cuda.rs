@@ -133,10 +133,12 @@ fn cuda_proposals_and_detections_equal_the_cpus() {
     }
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/default.yaml");
     // 6-bit lbw so the quantizers' device path is part of it; a low score threshold so a
-    // randomly initialized head still detects.
+    // randomly initialized head still detects; no TF32 (its 10-bit mantissa alone moves the
+    // RPN's objectness by ~1e-3), which `build_model` applies from the config.
     let overrides = [
         "quant.bits=6".to_string(),
         "eval.score_thresh=0.0".to_string(),
+        "train.tf32=false".to_string(),
     ];
     let cfg = ExperimentConfig::load(&config, &overrides).unwrap();
     seed_torch(3);
@@ -152,6 +154,11 @@ fn cuda_proposals_and_detections_equal_the_cpus() {
         }
     });
     let (mut vs_cuda, cuda) = build_model(&cfg, 6, Device::Cuda(0), false).unwrap();
+    assert_eq!(
+        lbwnet::torch_ext::tf32_allowed(),
+        (false, false),
+        "TF32 is off"
+    );
     vs_cuda.copy(&vs_cpu).unwrap();
     let image = Tensor::rand([3, 240, 320], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let on = |device: Device| ImageBatch::new(&[image.to_device(device)], vec![1.0]);
@@ -180,13 +187,17 @@ fn cuda_proposals_and_detections_equal_the_cpus() {
     // Where a stage's inputs already differ, which stage it was.
     let head =
         |x: &Tensor, y: &Tensor| (x - y.to_device(Device::Cpu)).abs().max().double_value(&[]);
+    // Stage by stage from the input, so the first op that differs is named: trunk features,
+    // then the RPN head's two convolutions.
     let context = format!(
-        "RPN objectness differs by up to {}, deltas by {}; {} CPU and {} CUDA proposals",
+        "trunk features differ by up to {}, RPN objectness by {}, deltas by {}; {} CPU and {} CUDA proposals",
+        head(&a.features, &b.features),
         head(&a.rpn.objectness, &b.rpn.objectness),
         head(&a.rpn.deltas, &b.rpn.deltas),
         a.rpn.proposals[0].size()[0],
         b.rpn.proposals[0].size()[0]
     );
+    eprintln!("{context}");
     for (what, pairing) in [("proposals", &proposals), ("detections", &detections)] {
         let (cpu_found, cuda_found) = pairing.fractions();
         eprintln!("{what}: {pairing:?}");

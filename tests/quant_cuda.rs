@@ -87,6 +87,9 @@ fn cpu_and_cuda_agree() {
         eprintln!("skipped: no CUDA device");
         return;
     }
+    // IEEE float32 throughout, as every CPU-vs-CUDA test (the quantizers use no convolution
+    // or matmul today, so TF32 cannot reach them; this keeps it so).
+    lbwnet::train::determinism::set_tf32(false);
     let found = mismatches(
         |w, spec| (quantize_codes(w, spec), quantize(w, spec)),
         Device::Cuda(0),

@@ -1,9 +1,12 @@
-//! Reproducibility switches: libtorch's generators and its deterministic-algorithms mode.
+//! Reproducibility switches: libtorch's generators, its deterministic-algorithms mode and
+//! its TF32 flags.
 //!
 //! On CPU, seeding is enough for bit-identical runs (the kernels we use are deterministic
 //! for a fixed thread count). On CUDA, `train.deterministic` additionally selects
 //! deterministic kernels (index_add, scatter and embedding_bag backward, cuDNN convolutions)
-//! and a fixed cuBLAS workspace; see README "Reproducibility".
+//! and a fixed cuBLAS workspace, and keeps float32 convolutions and matmuls in IEEE float32
+//! (no TF32); `train.tf32` decides TF32 otherwise. See README "Reproducibility" and "GPU".
+use crate::config::TrainConfig;
 
 /// cuBLAS is only deterministic with a fixed workspace, read when its handle is created.
 const CUBLAS_WORKSPACE: &str = "CUBLAS_WORKSPACE_CONFIG";
@@ -21,6 +24,31 @@ pub fn set_deterministic(on: bool) {
 /// Whether libtorch's deterministic algorithms are on.
 pub fn deterministic() -> bool {
     crate::torch_ext::deterministic_algorithms()
+}
+
+/// TF32 for `train.tf32: true` as PyTorch's defaults have it: cuDNN convolutions may use it,
+/// cuBLAS matmuls may not. `false`: neither (IEEE float32 everywhere).
+pub fn set_tf32(on: bool) {
+    crate::torch_ext::set_tf32_allowed(on, false);
+}
+
+/// Whether TF32 is on (libtorch lets cuDNN convolutions or cuBLAS matmuls use it).
+pub fn tf32() -> bool {
+    let (cudnn, cublas) = crate::torch_ext::tf32_allowed();
+    cudnn || cublas
+}
+
+/// Whether a run with these settings uses TF32: `train.tf32`, unless `train.deterministic`.
+pub fn tf32_for(train: &TrainConfig) -> bool {
+    train.tf32 && !train.deterministic
+}
+
+/// libtorch's process-wide numerics for a run with these settings: deterministic
+/// algorithms (`train.deterministic`) and TF32 ([`tf32_for`]). Call before the first CUDA
+/// operation.
+pub fn configure_numerics(train: &TrainConfig) {
+    set_deterministic(train.deterministic);
+    set_tf32(tf32_for(train));
 }
 
 /// One 64-bit seed per (run seed, stream): initialization and each iteration draw from
@@ -52,6 +80,28 @@ mod tests {
         assert!(deterministic());
         set_deterministic(false);
         assert!(!deterministic());
+    }
+
+    #[test]
+    fn tf32_reaches_libtorchs_flags_and_deterministic_turns_it_off() {
+        // (Deterministic mode itself is left alone: another test toggles it concurrently.)
+        set_tf32(false);
+        assert_eq!(crate::torch_ext::tf32_allowed(), (false, false));
+        assert!(!tf32());
+        // As PyTorch's defaults: cuDNN convolutions may use TF32, cuBLAS matmuls may not.
+        set_tf32(true);
+        assert_eq!(crate::torch_ext::tf32_allowed(), (true, false));
+        assert!(tf32());
+        let mut train = TrainConfig::default();
+        assert!(
+            train.tf32 && tf32_for(&train),
+            "on by default, as in PyTorch"
+        );
+        train.deterministic = true;
+        assert!(!tf32_for(&train));
+        train.tf32 = false;
+        train.deterministic = false;
+        assert!(!tf32_for(&train));
     }
 
     #[test]

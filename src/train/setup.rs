@@ -30,12 +30,17 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
 /// A model with its variables on `device`. With `initialize`, pretrained backbone weights
 /// and `train.init_from` are loaded (a resumed run or an evaluation loads its checkpoint
 /// instead). Layers a pretrained backbone keeps fixed are frozen either way.
+///
+/// libtorch's TF32 flags are set from the config first (`train.tf32`, off under
+/// `train.deterministic`), so training, evaluation and the benchmarks run a model under
+/// its config's numerics. They are process-wide: the last model built decides.
 pub fn build_model(
     cfg: &ExperimentConfig,
     num_classes: usize,
     device: Device,
     initialize: bool,
 ) -> Result<(VarStore, FasterRcnn)> {
+    crate::train::determinism::set_tf32(crate::train::determinism::tf32_for(&cfg.train));
     let vs = VarStore::new(device);
     let model = FasterRcnn::new(&vs.root(), cfg, num_classes)?;
     if let Some(weights) = &cfg.model.backbone_weights {
