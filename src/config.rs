@@ -54,6 +54,116 @@ pub struct DataConfig {
     pub queue_size: usize,
     /// When set, the data set is generated at `root` if it is missing.
     pub synthetic: Option<SyntheticConfig>,
+    /// `voc` (the layout under `root`) or `coco` (instances JSON files, `coco`). Written
+    /// to `config.yaml` only when `coco`: a saved config from before the key reads VOC.
+    #[serde(skip_serializing_if = "DataFormat::is_voc")]
+    pub format: DataFormat,
+    /// The COCO-format files (`format: coco`); each path left out defaults under `root`
+    /// (see [`CocoPaths`]). Written to `config.yaml` only when a path is set.
+    #[serde(skip_serializing_if = "CocoPaths::is_empty")]
+    pub coco: CocoPaths,
+}
+
+/// How a data set's annotations are stored.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// PASCAL VOC: `Annotations/<id>.xml`, `ImageSets/Main/<split>.txt`, `JPEGImages/`
+    /// under `data.root` (SPEC §3).
+    #[default]
+    Voc,
+    /// COCO instances JSON (`images`, `annotations`, `categories`), one file per split,
+    /// boxes converted as SPEC §3 says.
+    Coco,
+}
+
+impl DataFormat {
+    pub fn is_voc(&self) -> bool {
+        *self == DataFormat::Voc
+    }
+}
+
+/// `data.coco`: where a COCO-format data set's files are. A path left out defaults under
+/// `data.root`: `annotations/instances_<split>.json` for `train`/`test` (the split names
+/// of `data.train_split`/`data.test_split`) and `root` itself for `images` (where
+/// `lbwnet gen-data --format coco` puts the synthetic set's files).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CocoPaths {
+    /// The training split's instances JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<PathBuf>,
+    /// The test split's instances JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<PathBuf>,
+    /// The folder every image's `file_name` is relative to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+    /// The test split's image folder when it is another one (COCO's own `val2017/`
+    /// beside `train2017/`); defaults to `images`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_images: Option<PathBuf>,
+}
+
+impl CocoPaths {
+    pub fn is_empty(&self) -> bool {
+        *self == CocoPaths::default()
+    }
+}
+
+/// The two splits a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitRole {
+    Train,
+    Test,
+}
+
+impl DataConfig {
+    /// The split name of `role` (`train_split` or `test_split`).
+    pub fn split_name(&self, role: SplitRole) -> &str {
+        match role {
+            SplitRole::Train => &self.train_split,
+            SplitRole::Test => &self.test_split,
+        }
+    }
+
+    /// The default instances JSON of a split under `root` (`data.coco` unset).
+    pub fn default_coco_json(root: &Path, split: &str) -> PathBuf {
+        root.join("annotations")
+            .join(format!("instances_{split}.json"))
+    }
+
+    /// `format: coco`: the instances JSON of `role` (`data.coco.train`/`test`, else the
+    /// default under `root`).
+    pub fn coco_json(&self, role: SplitRole) -> PathBuf {
+        let set = match role {
+            SplitRole::Train => &self.coco.train,
+            SplitRole::Test => &self.coco.test,
+        };
+        set.clone()
+            .unwrap_or_else(|| Self::default_coco_json(&self.root, self.split_name(role)))
+    }
+
+    /// `format: coco`: the folder the `file_name`s of `role`'s images are relative to.
+    pub fn coco_images(&self, role: SplitRole) -> PathBuf {
+        let images = self
+            .coco
+            .images
+            .clone()
+            .unwrap_or_else(|| self.root.clone());
+        match role {
+            SplitRole::Train => images,
+            SplitRole::Test => self.coco.test_images.clone().unwrap_or(images),
+        }
+    }
+
+    /// The key naming `role`'s instances JSON, for messages.
+    pub fn coco_json_key(&self, role: SplitRole) -> &'static str {
+        match role {
+            SplitRole::Train => "data.coco.train",
+            SplitRole::Test => "data.coco.test",
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -70,6 +180,8 @@ impl Default for DataConfig {
             loader_threads: 2,
             queue_size: 8,
             synthetic: None,
+            format: DataFormat::Voc,
+            coco: CocoPaths::default(),
         }
     }
 }
@@ -286,15 +398,8 @@ pub struct TrainConfig {
     /// faster on one: thread barriers cost more than the work they split.
     pub threads: usize,
     /// libtorch's deterministic algorithms (matters on CUDA; CPU runs are reproducible
-    /// from `seed` alone). Turns TF32 off whatever `tf32` says.
+    /// from `seed` alone).
     pub deterministic: bool,
-    /// TF32 on CUDA as PyTorch's defaults have it: cuDNN convolutions may round their inputs
-    /// to TF32 (10-bit mantissa), cuBLAS matmuls stay IEEE float32. `false`: both IEEE
-    /// float32. No effect on the CPU. Off under `deterministic` (README "GPU"). Written to
-    /// `config.yaml` only when `false`: a saved config from before the key ran with
-    /// PyTorch's default, which is `true`.
-    #[serde(skip_serializing_if = "is_true")]
-    pub tf32: bool,
 }
 
 impl Default for TrainConfig {
@@ -318,13 +423,8 @@ impl Default for TrainConfig {
             clip_grad_norm: 0.0,
             threads: 0,
             deterministic: false,
-            tf32: true,
         }
     }
-}
-
-fn is_true(value: &bool) -> bool {
-    *value
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -456,6 +556,14 @@ impl ExperimentConfig {
         if let Some(classes) = &d.classes {
             if classes.is_empty() {
                 bail!("key `data.classes`: the class list is empty");
+            }
+        }
+        if !d.coco.is_empty() {
+            if d.format != DataFormat::Coco {
+                bail!("key `data.coco`: COCO files are read with `data.format: coco`, and data.format is voc");
+            }
+            if d.synthetic.is_some() {
+                bail!("keys `data.coco`/`data.synthetic`: a synthetic set is read as COCO from its own files under data.root; set `data.synthetic: null` to read the files data.coco names");
             }
         }
         if let Some(s) = &d.synthetic {
@@ -624,6 +732,10 @@ impl ExperimentConfig {
 
     /// Checks that the data set exists, or can be generated.
     pub fn check_data_path(&self) -> Result<()> {
+        if self.data.format == DataFormat::Coco {
+            // Evaluation reads the test split only; training checks both (`check_paths`).
+            return self.check_coco_paths(SplitRole::Test);
+        }
         if self.data.synthetic.is_none() && !self.data.root.is_dir() {
             bail!(
                 "key `data.root`: data set directory {} does not exist (point it at a VOCdevkit/VOC2007-style folder)",
@@ -633,10 +745,50 @@ impl ExperimentConfig {
         Ok(())
     }
 
+    /// `format: coco`: checks that `role`'s instances JSON and image folder exist (a
+    /// synthetic set writes its COCO files on demand).
+    fn check_coco_paths(&self, role: SplitRole) -> Result<()> {
+        if self.data.synthetic.is_some() {
+            return Ok(());
+        }
+        let json = self.data.coco_json(role);
+        let defaulted = match role {
+            SplitRole::Train => self.data.coco.train.is_none(),
+            SplitRole::Test => self.data.coco.test.is_none(),
+        };
+        if !json.is_file() {
+            bail!(
+                "key `{}`: COCO instances file {} does not exist{}",
+                self.data.coco_json_key(role),
+                json.display(),
+                if defaulted {
+                    " (the key is not set, so this is its default under data.root)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let images = self.data.coco_images(role);
+        if !images.is_dir() {
+            let key = match role {
+                SplitRole::Test if self.data.coco.test_images.is_some() => "data.coco.test_images",
+                _ => "data.coco.images",
+            };
+            bail!(
+                "key `{key}`: image folder {} does not exist",
+                images.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Checks that the paths the config names exist; run by the commands that read them.
     /// A synthetic data set may be missing: it is generated on demand.
     pub fn check_paths(&self) -> Result<()> {
         self.check_data_path()?;
+        if self.data.format == DataFormat::Coco {
+            self.check_coco_paths(SplitRole::Train)?;
+        }
         if let Some(w) = &self.model.backbone_weights {
             if !w.is_file() {
                 bail!(

@@ -1,8 +1,8 @@
 //! Loader throughput (`lbwnet bench loader`): images/s of the training loader (decode,
 //! resize, normalize on its background threads) over a config's training split.
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, SplitRole};
 use crate::data::loader::{Loader, LoaderConfig};
-use crate::data::voc::VocDataset;
+use crate::data::Dataset;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +24,9 @@ pub struct LoaderTiming {
 pub fn bench_loader(cfg: &ExperimentConfig, images: usize) -> Result<LoaderTiming> {
     cfg.check_data_path()?;
     crate::data::synthetic::ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
-    let dataset = Arc::new(VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.train_split,
+    let dataset = Arc::new(Dataset::from_config(
+        &cfg.data,
+        SplitRole::Train,
         cfg.data.classes.as_deref(),
     )?);
     let loader_cfg = LoaderConfig::from_data_config(&cfg.data, true, 0);

@@ -1,9 +1,9 @@
 //! `lbwnet eval`: evaluate a run's latest checkpoint, any checkpoint with a config, or an
 //! exported model file on the test split.
 use super::ConfigArgs;
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, SplitRole};
 use crate::data::synthetic::ensure_synthetic;
-use crate::data::voc::VocDataset;
+use crate::data::Dataset;
 use crate::deploy::{DeployedModel, ModelFile};
 use crate::train::checkpoint;
 use crate::train::evaluate::evaluate_model;
@@ -82,9 +82,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     let device = select_device(cfg.train.device)?;
     configure_threads(cfg.train.threads);
-    let test_set = Arc::new(VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.test_split,
+    let test_set = Arc::new(Dataset::from_config(
+        &cfg.data,
+        SplitRole::Test,
         cfg.data.classes.as_deref(),
     )?);
     let (vs, model) = build_model(&cfg, test_set.classes.len(), device, false)?;
@@ -112,9 +112,9 @@ fn run_model(args: &EvalArgs, path: &Path) -> Result<()> {
     cfg.check_data_path()?;
     ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
     configure_threads(cfg.train.threads);
-    let test_set = Arc::new(VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.test_split,
+    let test_set = Arc::new(Dataset::from_config(
+        &cfg.data,
+        SplitRole::Test,
         Some(&deployed.meta.classes),
     )?);
     let out_dir = args.out.clone().unwrap_or_else(|| {

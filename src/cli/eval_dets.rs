@@ -1,17 +1,23 @@
 //! `lbwnet eval-dets`: score comp4 detection files against a VOC-layout data set's
-//! annotations (no images needed).
+//! annotations or a COCO instances file (no images needed).
 use crate::config::ApMetric;
-use crate::data::voc::VocDataset;
-use anyhow::Result;
+use crate::data::Dataset;
+use anyhow::{bail, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct EvalDetsArgs {
     /// VOC-layout root (Annotations/, ImageSets/Main/, optional labels.txt).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Image set to score, `ImageSets/Main/<split>.txt`.
+    #[arg(long, required_unless_present = "coco", conflicts_with = "coco")]
+    pub data: Option<PathBuf>,
+    /// A COCO instances JSON instead of --data: its image ids name the images in the
+    /// comp4 files, its categories (in id order) the classes; the COCO metrics are
+    /// scored against its own boxes, as pycocotools does.
+    #[arg(long, value_name = "INSTANCES.json")]
+    pub coco: Option<PathBuf>,
+    /// Image set to score, `ImageSets/Main/<split>.txt` (with --coco: the split name in
+    /// the comp4 file names).
     #[arg(long, default_value = "test")]
     pub split: String,
     /// Folder with `comp4_det_<split>_<class>.txt` files (a missing file: no detections).
@@ -29,7 +35,14 @@ pub struct EvalDetsArgs {
 }
 
 pub fn run(args: EvalDetsArgs) -> Result<()> {
-    let dataset = VocDataset::open(&args.data, &args.split, None)?;
+    let dataset = match (&args.data, &args.coco) {
+        (_, Some(json)) => {
+            let images = json.parent().unwrap_or(Path::new("."));
+            Dataset::open_coco(json, images, &args.split, None, false)?
+        }
+        (Some(root), None) => Dataset::open(root, &args.split, None)?,
+        (None, None) => bail!("say which data set: --data VOC_ROOT or --coco INSTANCES.json"),
+    };
     let report = crate::eval::evaluate_comp4(&dataset, &args.dets, args.metric)?;
     if args.json {
         println!("{}", report.to_json());

@@ -1,10 +1,11 @@
 //! `lbwnet gen-data`: write the synthetic data set in the PASCAL VOC layout, from flags or
-//! from an experiment config's `data.root` and `data.synthetic` (explicit flags win).
-use crate::config::{ExperimentConfig, SyntheticConfig};
+//! from an experiment config's `data.root` and `data.synthetic` (explicit flags win); with
+//! `--format coco` also as COCO instances files beside it (same images and boxes).
+use crate::config::{DataConfig, DataFormat, ExperimentConfig, SyntheticConfig};
 use crate::data::synthetic::{self, Existing};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct GenDataArgs {
@@ -31,6 +32,11 @@ pub struct GenDataArgs {
     /// Replace an existing synthetic data set made with other settings.
     #[arg(long)]
     pub force: bool,
+    /// `coco`: also write `annotations/instances_<split>.json` for every split (the same
+    /// images and boxes, read back by `data.format: coco`). Default: the config's
+    /// `data.format`, else voc.
+    #[arg(long, value_enum)]
+    pub format: Option<DataFormat>,
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -41,9 +47,11 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 }
 
 pub fn run(args: GenDataArgs) -> Result<()> {
+    let mut format = args.format;
     let (config_root, mut spec) = match &args.config {
         Some(path) => {
             let config = ExperimentConfig::load(path, &args.overrides)?;
+            format = format.or(Some(config.data.format));
             let spec = config.data.synthetic.with_context(|| {
                 format!(
                     "config {}: key `data.synthetic` is not set, so the config reads real data",
@@ -67,12 +75,17 @@ pub fn run(args: GenDataArgs) -> Result<()> {
         "{} trainval + {} test images of {}x{}, seed {}",
         spec.train, spec.test, spec.width, spec.height, spec.seed
     );
+    let coco = format == Some(DataFormat::Coco);
     match synthetic::inspect(&out, &spec)? {
         Existing::Same if !args.force => {
             println!(
                 "{} already holds the synthetic data set ({described})",
                 out.display()
             );
+            if coco {
+                synthetic::ensure_coco(&out)?;
+                print_coco_files(&out);
+            }
             return Ok(());
         }
         Existing::Different(found) if !args.force => {
@@ -85,5 +98,19 @@ pub fn run(args: GenDataArgs) -> Result<()> {
         _ => synthetic::regenerate(&out, &spec)?,
     }
     println!("wrote {} ({described})", out.display());
+    if coco {
+        synthetic::ensure_coco(&out)?;
+        print_coco_files(&out);
+    }
     Ok(())
+}
+
+/// Where the COCO copy is, as `data.coco` keys (their defaults under `data.root`).
+fn print_coco_files(root: &Path) {
+    println!(
+        "COCO format: {} and {} (file names relative to {}; data.format: coco reads them from data.root)",
+        DataConfig::default_coco_json(root, "trainval").display(),
+        DataConfig::default_coco_json(root, "test").display(),
+        root.display()
+    );
 }

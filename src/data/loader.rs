@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 /// One image ready for the detector.
 #[derive(Debug)]
 pub struct Sample {
-    /// Position in the data set's image list (`VocDataset::ids`).
+    /// Position in the data set's image list (`Dataset::ids`).
     pub index: usize,
     pub id: String,
     /// `[3, H, W]` f32, normalized, of the resized (and flipped) image.
@@ -181,7 +181,7 @@ fn warn_zero_area(dataset: &VocDataset, cfg: &LoaderConfig) {
                     format!(
                         "object {} of {} is [{x1}, {y1}, {x2}, {y2}]",
                         k + 1,
-                        super::voc::annotation_path(&dataset.root, &annotation.id).display()
+                        dataset.annotation_source(index)
                     )
                 });
             }

@@ -63,58 +63,10 @@ pub struct VocAnnotation {
     pub objects: Vec<VocObject>,
 }
 
-/// One split of a VOC-layout data set, with every annotation parsed.
-#[derive(Debug, Clone)]
-pub struct VocDataset {
-    pub root: PathBuf,
-    pub split: String,
-    pub classes: Vec<String>,
-    pub ids: Vec<String>,
-    /// `annotations[i]` belongs to `ids[i]`.
-    pub annotations: Vec<VocAnnotation>,
-}
-
-impl VocDataset {
-    /// Reads the image set `ImageSets/Main/<split>.txt` and parses all its annotations.
-    /// Classes: `classes` when given, else `labels.txt` in `root`, else [`VOC_CLASSES`].
-    /// Images are not touched, so annotations alone are enough (evaluation).
-    pub fn open(root: &Path, split: &str, classes: Option<&[String]>) -> Result<Self> {
-        let classes = match classes {
-            Some(list) => list.to_vec(),
-            None => read_labels(root)?
-                .unwrap_or_else(|| VOC_CLASSES.iter().map(|s| s.to_string()).collect()),
-        };
-        check_class_list(&classes)
-            .with_context(|| format!("class list of data set {}", root.display()))?;
-        let ids = read_image_set(root, split)?;
-        let annotations = ids
-            .iter()
-            .map(|id| parse_annotation(&annotation_path(root, id), id, &classes))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            root: root.to_path_buf(),
-            split: split.to_string(),
-            classes,
-            ids,
-            annotations,
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// `JPEGImages/<id>.jpg` of image `index`.
-    pub fn image_path(&self, index: usize) -> PathBuf {
-        self.root
-            .join("JPEGImages")
-            .join(format!("{}.jpg", self.ids[index]))
-    }
-}
+/// One split of a data set (the name from before COCO-format sets; see
+/// [`super::dataset::Dataset`], whose [`open`](super::dataset::Dataset::open) reads the VOC
+/// layout).
+pub type VocDataset = super::dataset::Dataset;
 
 /// `Annotations/<id>.xml` under `root`.
 pub fn annotation_path(root: &Path, id: &str) -> PathBuf {
@@ -154,7 +106,7 @@ pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
-fn check_class_list(classes: &[String]) -> Result<()> {
+pub(crate) fn check_class_list(classes: &[String]) -> Result<()> {
     if classes.is_empty() {
         bail!("the class list is empty");
     }

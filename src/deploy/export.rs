@@ -44,12 +44,30 @@ impl ExportSummary {
     }
 }
 
-/// The class list a run trained with: the config's, else the data set's `labels.txt`
-/// (as `VocDataset::open`), else the synthetic data set's shapes when the data set is not
-/// at hand, else the 20 VOC classes; and where it came from.
+/// The class list a run trained with: the config's, else a COCO-format run's training
+/// file's categories, else the data set's `labels.txt` (as `Dataset::open`), else the
+/// synthetic data set's shapes when the data set is not at hand, else the 20 VOC classes;
+/// and where it came from.
 fn run_classes(cfg: &ExperimentConfig) -> Result<(Vec<String>, String)> {
     if let Some(classes) = &cfg.data.classes {
         return Ok((classes.clone(), "key `data.classes`".into()));
+    }
+    if cfg.data.format == crate::config::DataFormat::Coco {
+        // The training file's categories, in id order (as training read them).
+        let role = crate::config::SplitRole::Train;
+        let json = cfg.data.coco_json(role);
+        if json.is_file() {
+            let split = crate::data::coco::CocoSplit::read(
+                &json,
+                &cfg.data.coco_images(role),
+                None,
+                false,
+            )?;
+            return Ok((
+                split.classes,
+                format!("the categories of {}", json.display()),
+            ));
+        }
     }
     if let Some(classes) = crate::data::voc::read_labels(&cfg.data.root)? {
         let from = cfg.data.root.join(crate::data::voc::LABELS_FILE);

@@ -2,6 +2,10 @@
 //! small/medium/large objects and AR@1/10/100, computed as pycocotools' `COCOeval` with
 //! `iouType='bbox'` and its default parameters, down to numpy's floats.
 //!
+//! A COCO-format data set is scored against its file's own boxes, areas and crowds
+//! ([`coco_evaluate_with`]); its images and classes are in pycocotools' order (ascending
+//! image and category ids), so the numbers are pycocotools' for the file.
+//!
 //! VOC data becomes COCO data by a fixed rule: a ground-truth box or a detection
 //! `(xmin, ymin, xmax, ymax)` (1-based inclusive pixels) is the COCO box
 //! `[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]` with area `w * h`, and a
@@ -29,6 +33,7 @@
 //!   or -1 when there are none.
 use super::detections::Detection;
 use super::voc_ap::numpy_mean;
+use crate::data::coco::CocoBox;
 use crate::data::voc::VocAnnotation;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -90,10 +95,9 @@ pub fn recall_thresholds() -> [f64; 101] {
     numpy_linspace(0.0, 1.0)
 }
 
-/// The COCO box `[x, y, w, h]` of a VOC box `(xmin, ymin, xmax, ymax)`.
-pub fn voc_to_coco_box(b: [f64; 4]) -> [f64; 4] {
-    [b[0] - 1.0, b[1] - 1.0, b[2] - b[0] + 1.0, b[3] - b[1] + 1.0]
-}
+/// The COCO box `[x, y, w, h]` of a VOC box `(xmin, ymin, xmax, ymax)` (the inverse of
+/// how a COCO-format data set is read).
+pub use crate::data::coco::voc_to_coco_box;
 
 /// `maskUtils.iou` of one detection and one ground-truth box (`bbIou`).
 fn box_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
@@ -315,6 +319,29 @@ pub fn coco_evaluate(
     classes: &[String],
     per_class: &[Vec<Detection>],
 ) -> Result<(CocoMetrics, Vec<f64>)> {
+    coco_evaluate_with(annotations, None, classes, per_class)
+}
+
+/// [`coco_evaluate`] of a COCO-format data set against its file's own boxes and areas:
+/// `originals[i][k]` is object `k` of image `i` as the file gives it (a VOC box converted
+/// back would differ in the last bits of non-integer coordinates, and the area ranges read
+/// the file's `area`, as pycocotools does). `None`: the VOC boxes converted.
+pub fn coco_evaluate_with(
+    annotations: &[VocAnnotation],
+    originals: Option<&[Vec<CocoBox>]>,
+    classes: &[String],
+    per_class: &[Vec<Detection>],
+) -> Result<(CocoMetrics, Vec<f64>)> {
+    if let Some(originals) = originals {
+        let fits = originals.len() == annotations.len()
+            && originals
+                .iter()
+                .zip(annotations)
+                .all(|(o, a)| o.len() == a.objects.len());
+        if !fits {
+            bail!("the COCO boxes do not match the annotations they belong to");
+        }
+    }
     if classes.len() != per_class.len() {
         bail!(
             "{} classes but detections for {}",
@@ -333,7 +360,7 @@ pub fn coco_evaluate(
         .map(|_| (0..n_images).map(|_| Vec::new()).collect())
         .collect();
     for (i, a) in annotations.iter().enumerate() {
-        for o in &a.objects {
+        for (k, o) in a.objects.iter().enumerate() {
             let Some(per_image) = gts.get_mut(o.class_index) else {
                 bail!(
                     "image `{}` has an object of class {} but there are {n_classes} classes",
@@ -341,10 +368,16 @@ pub fn coco_evaluate(
                     o.class_index
                 );
             };
-            let bbox = voc_to_coco_box(o.bbox.map(f64::from));
+            let (bbox, area) = match originals {
+                Some(originals) => (originals[i][k].bbox, originals[i][k].area),
+                None => {
+                    let bbox = voc_to_coco_box(o.bbox.map(f64::from));
+                    (bbox, bbox[2] * bbox[3])
+                }
+            };
             per_image[i].push(Gt {
                 bbox,
-                area: bbox[2] * bbox[3],
+                area,
                 crowd: o.difficult,
             });
         }

@@ -15,6 +15,7 @@ pub use detections::{comp4_path, read_comp4, write_comp4, Detection};
 pub use voc_ap::{class_ap, voc_ap, ClassAp, ImageGroundTruth};
 
 use crate::config::ApMetric;
+use crate::data::coco::CocoBox;
 use crate::data::voc::{VocAnnotation, VocDataset};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -96,6 +97,18 @@ pub fn evaluate(
     per_class: &[Vec<Detection>],
     metric: ApMetric,
 ) -> Result<EvalReport> {
+    evaluate_with(annotations, None, classes, per_class, metric)
+}
+
+/// [`evaluate`] with the COCO metrics against a COCO-format data set's own boxes
+/// ([`coco::coco_evaluate_with`]).
+pub fn evaluate_with(
+    annotations: &[VocAnnotation],
+    coco_boxes: Option<&[Vec<CocoBox>]>,
+    classes: &[String],
+    per_class: &[Vec<Detection>],
+    metric: ApMetric,
+) -> Result<EvalReport> {
     if classes.len() != per_class.len() {
         bail!(
             "{} classes but detections for {}",
@@ -103,7 +116,8 @@ pub fn evaluate(
             per_class.len()
         );
     }
-    let (coco, coco_class_ap) = coco_evaluate(annotations, classes, per_class)?;
+    let (coco, coco_class_ap) =
+        coco::coco_evaluate_with(annotations, coco_boxes, classes, per_class)?;
     if metric == ApMetric::Coco {
         let npos = (0..classes.len())
             .map(|c| {
@@ -161,8 +175,15 @@ pub fn evaluate_comp4(
     metric: ApMetric,
 ) -> Result<EvalReport> {
     let per_class = read_comp4(dets_dir, &dataset.split, &dataset.classes)?;
-    evaluate(&dataset.annotations, &dataset.classes, &per_class, metric)
-        .with_context(|| format!("evaluating the detections in {}", dets_dir.display()))
+    let coco_boxes = dataset.coco.as_ref().map(|c| c.boxes.as_slice());
+    evaluate_with(
+        &dataset.annotations,
+        coco_boxes,
+        &dataset.classes,
+        &per_class,
+        metric,
+    )
+    .with_context(|| format!("evaluating the detections in {}", dets_dir.display()))
 }
 
 /// Writes the comp4 files into `dets_dir`, then scores what was written.

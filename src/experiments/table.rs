@@ -131,9 +131,9 @@ pub fn measure_run(cfg: &ExperimentConfig) -> Result<RunMeasure> {
         .map(|t| t.train_seconds)
         .unwrap_or(0.0);
 
-    let classes = crate::data::voc::VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.test_split,
+    let classes = crate::data::Dataset::from_config(
+        &cfg.data,
+        crate::config::SplitRole::Test,
         cfg.data.classes.as_deref(),
     )?
     .classes

@@ -2,10 +2,10 @@
 //! directory, config, data and device), build the model and optimizer (fresh or from the
 //! run's latest checkpoint), run the iterations (checkpoints, Ctrl-C, progress), and finish
 //! (evaluate and write `metrics.json`, `timing.json`, `summary.md` and the comp4 files).
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, SplitRole};
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::synthetic::ensure_synthetic;
-use crate::data::voc::VocDataset;
+use crate::data::Dataset;
 use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::{ImageBatch, ImageTarget};
 use crate::eval::EvalReport;
@@ -14,7 +14,7 @@ use crate::machine::Machine;
 use crate::nn::FlatParameters;
 use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
-use crate::train::determinism::{configure_numerics, seed_torch, stream_seed};
+use crate::train::determinism::{seed_torch, set_deterministic, stream_seed};
 use crate::train::evaluate::evaluate_model;
 use crate::train::schedule::learning_rate;
 use crate::train::setup::{build_model, configure_threads, select_device};
@@ -133,7 +133,8 @@ struct PreparedRun {
     run_dir: PathBuf,
     /// The checkpoint a resumed run continues from.
     resume_state: Option<CheckpointState>,
-    train_set: Arc<VocDataset>,
+    train_set: Arc<Dataset>,
+    test_set: Arc<Dataset>,
     device: Device,
     /// Set by Ctrl-C.
     stop: &'static AtomicBool,
@@ -170,14 +171,19 @@ fn prepare_run(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<Prepared
     let stop = interrupted();
     cfg.check_paths()?;
     ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
-    // Deterministic algorithms and TF32 (recorded with the machine in metrics.json).
-    configure_numerics(&cfg.train);
+    set_deterministic(cfg.train.deterministic);
     let device = select_device(cfg.train.device)?;
     configure_threads(cfg.train.threads);
-    let train_set = Arc::new(VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.train_split,
+    let train_set = Arc::new(Dataset::from_config(
+        &cfg.data,
+        SplitRole::Train,
         cfg.data.classes.as_deref(),
+    )?);
+    // Read now, so a bad test split fails before anything is written, not after training.
+    let test_set = Arc::new(Dataset::from_config(
+        &cfg.data,
+        SplitRole::Test,
+        Some(&train_set.classes),
     )?);
     tracing::info!(
         "training {} on {} ({} images, {} classes), {} on {:?}",
@@ -193,6 +199,7 @@ fn prepare_run(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<Prepared
         run_dir,
         resume_state,
         train_set,
+        test_set,
         device,
         stop,
     })
@@ -352,11 +359,7 @@ fn save_checkpoint(run: &PreparedRun, state: &TrainingState, iteration: usize) -
 /// Evaluates the trained model on the test split and writes the run's results.
 fn finish(run: &PreparedRun, state: TrainingState) -> Result<(Metrics, EvalReport)> {
     let cfg = &run.cfg;
-    let test_set = Arc::new(VocDataset::open(
-        &cfg.data.root,
-        &cfg.data.test_split,
-        Some(&run.train_set.classes),
-    )?);
+    let test_set = run.test_set.clone();
     let report = evaluate_model(
         &state.model,
         test_set,

@@ -155,6 +155,41 @@ pub fn ensure_synthetic(root: &Path, spec: Option<&SyntheticConfig>) -> Result<(
     }
 }
 
+/// The splits a synthetic set has.
+pub const SPLITS: [&str; 4] = ["trainval", "train", "val", "test"];
+
+/// Writes the synthetic set at `root` in COCO format too, if not done yet:
+/// `annotations/instances_<split>.json` for every split (the defaults of `data.coco.train`
+/// and `data.coco.test` under `data.root`), converted from the VOC annotations by SPEC
+/// §3's rule, so reading them back gives the same boxes. Image `<id>` is COCO image id
+/// `<id>` as a number with `file_name` `JPEGImages/<id>.jpg` (relative to `root`, the
+/// default `data.coco.images`), and class `c` category id `c + 1`. Each file is written
+/// atomically and only when missing; a regenerated set starts without them.
+pub fn ensure_coco(root: &Path) -> Result<()> {
+    for split in SPLITS {
+        let path = crate::config::DataConfig::default_coco_json(root, split);
+        if path.is_file() {
+            continue;
+        }
+        let dataset = super::dataset::Dataset::open(root, split, None)?;
+        let images = dataset
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| super::coco::ImageEntry {
+                // Synthetic ids are `000001`, ...: their number (unique, in order).
+                id: id.parse().unwrap_or(i as i64 + 1),
+                file_name: format!("JPEGImages/{id}.jpg"),
+            })
+            .collect::<Vec<_>>();
+        let json = super::coco::instances_json(&dataset.annotations, &images, &dataset.classes)
+            .with_context(|| format!("converting split `{split}` of {}", root.display()))?;
+        crate::fsutil::write_atomic(&path, (serde_json::to_string(&json)? + "\n").as_bytes())?;
+        tracing::info!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// The settings a set was made with. Knobs at their default are left out, so a default
 /// set's marker reads as it always has.
 fn marker_json(spec: &SyntheticConfig) -> serde_json::Value {
