@@ -398,8 +398,15 @@ pub struct TrainConfig {
     /// faster on one: thread barriers cost more than the work they split.
     pub threads: usize,
     /// libtorch's deterministic algorithms (matters on CUDA; CPU runs are reproducible
-    /// from `seed` alone).
+    /// from `seed` alone). Turns TF32 off whatever `tf32` says.
     pub deterministic: bool,
+    /// TF32 on CUDA as PyTorch's defaults have it: cuDNN convolutions may round their inputs
+    /// to TF32 (10-bit mantissa), cuBLAS matmuls stay IEEE float32. `false`: both IEEE
+    /// float32. No effect on the CPU. Off under `deterministic` (README "GPU"). Written to
+    /// `config.yaml` only when `false`: a saved config from before the key ran with
+    /// PyTorch's default, which is `true`.
+    #[serde(skip_serializing_if = "is_true")]
+    pub tf32: bool,
 }
 
 impl Default for TrainConfig {
@@ -423,8 +430,13 @@ impl Default for TrainConfig {
             clip_grad_norm: 0.0,
             threads: 0,
             deterministic: false,
+            tf32: true,
         }
     }
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]

@@ -14,7 +14,7 @@ use crate::machine::Machine;
 use crate::nn::FlatParameters;
 use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
-use crate::train::determinism::{seed_torch, set_deterministic, stream_seed};
+use crate::train::determinism::{configure_numerics, seed_torch, stream_seed};
 use crate::train::evaluate::evaluate_model;
 use crate::train::schedule::learning_rate;
 use crate::train::setup::{build_model, configure_threads, select_device};
@@ -171,7 +171,8 @@ fn prepare_run(cfg: &ExperimentConfig, resume: Option<&Path>) -> Result<Prepared
     let stop = interrupted();
     cfg.check_paths()?;
     ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
-    set_deterministic(cfg.train.deterministic);
+    // Deterministic algorithms and TF32 (recorded with the machine in metrics.json).
+    configure_numerics(&cfg.train);
     let device = select_device(cfg.train.device)?;
     configure_threads(cfg.train.threads);
     let train_set = Arc::new(Dataset::from_config(
