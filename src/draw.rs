@@ -1,5 +1,5 @@
-//! Drawing shared by the sweep plots and `lbwnet detect`'s pictures: the font, the palette,
-//! atomic PNG rendering, line-plot primitives, and boxes with labels.
+//! Drawing shared by the sweep plots, the training curves and `lbwnet detect`'s pictures:
+//! the font, the palette, atomic PNG rendering, line-plot primitives, and boxes with labels.
 use anyhow::{anyhow, Context, Result};
 use image::RgbImage;
 use plotters::coord::types::RangedCoordf64;
@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Once;
 
 /// The family name text is drawn with (DejaVu Sans, see [`register_fonts`]).
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 
 /// Line and box colours, taken in turn (matplotlib's first seven).
-const PALETTE: [RGBColor; 7] = [
+pub const PALETTE: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -24,7 +24,7 @@ const PALETTE: [RGBColor; 7] = [
 
 /// plotters renders text with fonts registered by name; DejaVu Sans ships in a crate so
 /// pictures look the same on machines without system fonts.
-fn register_fonts() {
+pub fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
@@ -32,7 +32,7 @@ fn register_fonts() {
 }
 
 /// Turns a plotters error into one saying what was being drawn (`drawing {what}: ...`).
-fn draw_error<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
+pub fn draw_error<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
     move |err| anyhow!("drawing {what}: {err:?}")
 }
 

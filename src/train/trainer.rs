@@ -1,7 +1,10 @@
 //! The training loop, in four phases that read top to bottom: prepare the run (its
 //! directory, config, data and device), build the model and optimizer (fresh or from the
-//! run's latest checkpoint), run the iterations (checkpoints, Ctrl-C, progress), and finish
-//! (evaluate and write `metrics.json`, `timing.json`, `summary.md` and the comp4 files).
+//! run's latest checkpoint), run the iterations (checkpoints, Ctrl-C, progress, the log),
+//! and finish (evaluate and write `metrics.json`, `timing.json`, `summary.md`, the comp4
+//! files and the curves). Every logged iteration and evaluation goes to `log.jsonl` as it
+//! happens, and `curves.png` is drawn from it at the end and on Ctrl-C
+//! ([`crate::train::curves`]).
 use crate::config::{ExperimentConfig, SplitRole};
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::synthetic::ensure_synthetic;
@@ -14,6 +17,9 @@ use crate::machine::Machine;
 use crate::nn::FlatParameters;
 use crate::progress::progress_bar;
 use crate::train::checkpoint::{self, CheckpointState};
+use crate::train::curves::{
+    draw_curves, EvaluationRecord, IterationRecord, Record, TrainingLog, CURVES_FILE, LOG_FILE,
+};
 use crate::train::determinism::{configure_numerics, seed_torch, stream_seed};
 use crate::train::evaluate::evaluate_model;
 use crate::train::schedule::learning_rate;
@@ -58,9 +64,16 @@ pub struct Timing {
     pub images_per_second: f64,
 }
 
-/// Files a finished training writes into its run directory; a fresh training removes
-/// them first so a stale result never outlives the run it described.
-pub const RESULT_FILES: [&str; 4] = ["metrics.json", "timing.json", "summary.md", "detections"];
+/// Files a training writes into its run directory besides its config and checkpoints; a
+/// fresh training removes them first so a stale result never outlives the run it described.
+pub const RESULT_FILES: [&str; 6] = [
+    "metrics.json",
+    "timing.json",
+    "summary.md",
+    "detections",
+    LOG_FILE,
+    CURVES_FILE,
+];
 
 /// Set by Ctrl-C, SIGTERM or SIGHUP (kill, scancel, a Slurm time limit); the loop checkpoints and stops at the end of the current iteration.
 fn interrupted() -> &'static AtomicBool {
@@ -149,6 +162,8 @@ struct TrainingState {
     sgd: Sgd,
     start_iteration: usize,
     train_seconds: f64,
+    /// `log.jsonl`, continued on resume.
+    log: TrainingLog,
 }
 
 /// Resolves the run directory (and the checkpoint to resume), checks the config's paths,
@@ -221,7 +236,7 @@ fn build_training(run: &PreparedRun) -> Result<TrainingState> {
     )?;
     // Weights are in place before they move into the flat buffers (frozen layers are
     // quantized once, from the loaded values).
-    let (start_iteration, train_seconds, momentum) = match &run.resume_state {
+    let (start_iteration, train_seconds, momentum, log) = match &run.resume_state {
         Some(state) => {
             let momentum = checkpoint::load_weights(
                 &checkpoint::checkpoint_dir(&run.run_dir).join(&state.weights),
@@ -232,12 +247,14 @@ fn build_training(run: &PreparedRun) -> Result<TrainingState> {
                 run.run_dir.display(),
                 state.iteration
             );
-            (state.iteration, state.train_seconds, momentum)
+            // Lines a kill left past the checkpoint are logged again from here.
+            let log = TrainingLog::resume(&run.run_dir, state.iteration, cfg.train.iterations)?;
+            (state.iteration, state.train_seconds, momentum, log)
         }
         None => {
             clear_run(&run.run_dir)?;
             write_atomic(&run.run_dir.join("config.yaml"), cfg.to_yaml()?.as_bytes())?;
-            (0, 0.0, Vec::new())
+            (0, 0.0, Vec::new(), TrainingLog::create(&run.run_dir)?)
         }
     };
     let params = FlatParameters::new(vs.variables(), &model.registry)?;
@@ -250,12 +267,14 @@ fn build_training(run: &PreparedRun) -> Result<TrainingState> {
         sgd,
         start_iteration,
         train_seconds,
+        log,
     })
 }
 
-/// Runs the iterations from `state.start_iteration`: one SGD step each, progress and logs,
-/// a checkpoint every `train.checkpoint_interval`, at the end, and on Ctrl-C (then stops
-/// with an error naming the resume command).
+/// Runs the iterations from `state.start_iteration`: one SGD step each, progress and logs
+/// (each logged iteration appended to `log.jsonl` before its checkpoint), a checkpoint
+/// every `train.checkpoint_interval`, at the end, and on Ctrl-C (then draws the curves and
+/// stops with an error naming the resume command).
 fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
     let t = &run.cfg.train;
     let loader_cfg = LoaderConfig::from_data_config(&run.cfg.data, true, t.seed);
@@ -268,6 +287,8 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
     let progress = progress_bar(t.iterations as u64, "train");
     progress.set_position(state.start_iteration as u64);
     let mut segment_start = Instant::now();
+    // Where images per second are counted from: the last logged iteration.
+    let (mut logged_at, mut logged_iteration) = (Instant::now(), state.start_iteration);
     for iteration in state.start_iteration..t.iterations {
         seed_iteration(t.seed, iteration);
         let mut images = Vec::with_capacity(t.batch_size);
@@ -290,6 +311,8 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
         let total = losses.total();
         let total_value = total.double_value(&[]);
         if !total_value.is_finite() {
+            // The curves up to here show whether the loss was growing.
+            redraw_curves(run, state);
             bail!(
                 "training stopped at iteration {iteration}: the loss is {total_value} on image(s) {} of {}. \
                  Check their annotations first (boxes, classes); if the loss was growing over \
@@ -311,14 +334,28 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
         let done = iteration + 1;
         progress.set_position(done as u64);
         if done % t.log_interval.max(1) == 0 || done == t.iterations {
-            let terms: Vec<String> = losses
-                .values()
+            let values = losses.values();
+            let terms: Vec<String> = values
                 .iter()
                 .map(|(name, v)| format!("{name} {v:.3}"))
                 .collect();
             let message = format!("loss {total_value:.3} ({}) lr {lr:.2e}", terms.join(", "));
             progress.set_message(message.clone());
             progress.suspend(|| tracing::info!("iter {done}/{}: {message}", t.iterations));
+            let seconds = logged_at.elapsed().as_secs_f64();
+            let images = ((done - logged_iteration) * t.batch_size) as f64;
+            (logged_at, logged_iteration) = (Instant::now(), done);
+            state.log.append(Record::Iteration(IterationRecord {
+                iteration: done,
+                loss: total_value,
+                losses: values
+                    .iter()
+                    .map(|(name, v)| (name.to_string(), serde_json::json!(v)))
+                    .collect(),
+                lr,
+                images_per_second: if seconds > 0.0 { images / seconds } else { 0.0 },
+                elapsed_seconds: state.train_seconds + segment_start.elapsed().as_secs_f64(),
+            }))?;
         }
         let stopping = run.stop.load(Ordering::SeqCst);
         let periodic = t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0;
@@ -329,6 +366,7 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
         }
         if stopping {
             progress.abandon();
+            redraw_curves(run, state);
             bail!(
                 "interrupted at iteration {done}; checkpoint written, continue with `lbwnet train --resume {}`",
                 run.run_dir.display()
@@ -337,6 +375,20 @@ fn run_iterations(run: &PreparedRun, state: &mut TrainingState) -> Result<()> {
     }
     progress.finish_and_clear();
     Ok(())
+}
+
+/// Draws `curves.png` from the log so far, on the way out of an interrupted or failed
+/// run; a drawing error is only a warning there.
+fn redraw_curves(run: &PreparedRun, state: &TrainingState) {
+    let path = run.run_dir.join(CURVES_FILE);
+    if let Err(e) = draw_curves(state.log.records(), &curves_title(&run.cfg), &path) {
+        tracing::warn!("{}: {e:#}", path.display());
+    }
+}
+
+/// The curves' title: the experiment and its quantization.
+fn curves_title(cfg: &ExperimentConfig) -> String {
+    format!("{} ({})", cfg.name, cfg.quant_tag())
 }
 
 fn save_checkpoint(run: &PreparedRun, state: &TrainingState, iteration: usize) -> Result<()> {
@@ -357,8 +409,9 @@ fn save_checkpoint(run: &PreparedRun, state: &TrainingState, iteration: usize) -
     Ok(())
 }
 
-/// Evaluates the trained model on the test split and writes the run's results.
-fn finish(run: &PreparedRun, state: TrainingState) -> Result<(Metrics, EvalReport)> {
+/// Evaluates the trained model on the test split, logs the evaluation, draws the curves
+/// and writes the run's results.
+fn finish(run: &PreparedRun, mut state: TrainingState) -> Result<(Metrics, EvalReport)> {
     let cfg = &run.cfg;
     let test_set = run.test_set.clone();
     let report = evaluate_model(
@@ -371,6 +424,17 @@ fn finish(run: &PreparedRun, state: TrainingState) -> Result<(Metrics, EvalRepor
         0,
     )?;
     let t = &cfg.train;
+    state.log.append(Record::Evaluation(EvaluationRecord {
+        iteration: t.iterations,
+        metric: report.metric.name().to_string(),
+        map: report.map,
+        coco_ap: report.coco.ap,
+    }))?;
+    draw_curves(
+        state.log.records(),
+        &curves_title(cfg),
+        &run.run_dir.join(CURVES_FILE),
+    )?;
     let images = (t.iterations * t.batch_size) as f64;
     let report_json = report.to_json();
     let metrics = Metrics {
@@ -404,6 +468,13 @@ fn finish(run: &PreparedRun, state: TrainingState) -> Result<(Metrics, EvalRepor
     Ok((metrics, report))
 }
 
+/// `summary.md`'s links to the log and the curves, both in the run directory.
+const CURVES_SECTION: &str = "## Training curves\n\n\
+    ![training curves](curves.png)\n\n\
+    [curves.png](curves.png): the loss and its parts and the learning rate over iterations, \
+    the mAP at the evaluations. [log.jsonl](log.jsonl): one JSON object per logged iteration \
+    (loss and its parts, learning rate, speed, elapsed seconds) and per evaluation.\n\n";
+
 /// `metrics.json`, `timing.json` and `summary.md` in the run directory; `metrics.json`
 /// last, since its presence marks the run finished.
 pub fn write_results(
@@ -417,7 +488,7 @@ pub fn write_results(
         serde_json::to_string_pretty(timing)?.as_bytes(),
     )?;
     let summary = format!(
-        "# {}\n\n- bits: {} ({}{}), seed {}\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}\n## Machine\n\n{}",
+        "# {}\n\n- bits: {} ({}{}), seed {}\n- iterations: {}, {:.0} s, {:.2} images/s\n- mAP ({}): {:.4}\n\n{}\n{}## Machine\n\n{}",
         run_dir.display(),
         metrics.bits,
         metrics.method,
@@ -429,6 +500,7 @@ pub fn write_results(
         metrics.metric,
         metrics.map,
         report.to_markdown(),
+        CURVES_SECTION,
         metrics.machine.to_markdown()
     );
     write_atomic(&run_dir.join("summary.md"), summary.as_bytes())?;
