@@ -276,7 +276,12 @@ fn bench_inference_smoke() {
         "quantized_ms",
         "ratio",
         "quantize_pass_ms",
+        "paired_ratio",
+        "float_cpu_ms",
+        "quantized_cpu_ms",
+        "cpu_ratio",
         "per_forward_ms",
+        "per_forward_cpu_ratio",
     ] {
         let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");

@@ -49,6 +49,16 @@ pub struct InferenceTiming {
     pub quantized_ms: f64,
     /// quantized / float.
     pub ratio: f64,
+    /// The median over rounds of quantized / float within a round (the two forwards run
+    /// back to back, so a slow stretch of a shared machine hits both).
+    pub paired_ratio: f64,
+    /// The same medians and ratio in CPU time of the process (user + system) rather than
+    /// wall time: what the forward computed, less the time other processes took the core.
+    /// At one thread this is the steadier figure on a shared machine; with more threads it
+    /// includes libtorch's workers spinning. `None` off the CPU.
+    pub float_cpu_ms: Option<f64>,
+    pub quantized_cpu_ms: Option<f64>,
+    pub cpu_ratio: Option<f64>,
     /// Median of one quantization pass over every quantized layer (paid once per
     /// evaluation, not per image).
     pub quantize_pass_ms: f64,
@@ -63,11 +73,16 @@ pub struct InferenceTiming {
     pub per_forward_ms: Option<f64>,
     pub per_forward_ratio: Option<f64>,
     pub per_forward_identical: Option<bool>,
+    pub per_forward_cpu_ratio: Option<f64>,
     /// Every timed forward and pass, in order.
     pub float_forwards_ms: Vec<f64>,
     pub quantized_forwards_ms: Vec<f64>,
     pub quantize_passes_ms: Vec<f64>,
     pub per_forward_forwards_ms: Vec<f64>,
+    /// Every timed forward's CPU time (empty off the CPU).
+    pub float_forwards_cpu_ms: Vec<f64>,
+    pub quantized_forwards_cpu_ms: Vec<f64>,
+    pub per_forward_forwards_cpu_ms: Vec<f64>,
     /// Proposals each model's RPN passed on (both keep exactly their post-NMS top-n) and
     /// detections after the head, in the last round.
     pub float_proposals: i64,
@@ -121,14 +136,32 @@ fn float_and_quantized(
     Ok((sides, quant_cfg.effective_c()))
 }
 
-/// One forward pass and its time.
+/// This process's CPU time (user + system, all threads) in ms.
+fn process_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
+/// One forward pass, its wall time and its CPU time in ms.
 fn forward(
     side: &Side,
     batch: &ImageBatch,
     cfg: &ExperimentConfig,
     device: Device,
-) -> (InferencePass, f64) {
-    elapsed_ms(device, || side.model.inference_pass(batch, &cfg.eval))
+) -> (InferencePass, f64, f64) {
+    let cpu = process_cpu_ms();
+    let (pass, ms) = elapsed_ms(device, || side.model.inference_pass(batch, &cfg.eval));
+    (pass, ms, process_cpu_ms() - cpu)
+}
+
+/// The median of the element-wise quotients `a / b`.
+fn paired_median(a: &[f64], b: &[f64]) -> f64 {
+    median(&mut a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>())
 }
 
 /// Whether two passes gave the same detections and head outputs, bit for bit.
@@ -182,14 +215,16 @@ pub fn bench_inference(
     let frozen = frozen.expect("the pass ran");
     let quantized_layers = frozen.layers();
     let mut times = vec![Vec::new(); sides.len()];
+    let mut cpu_times = vec![Vec::new(); sides.len()];
     let mut identical = true;
     let mut last: Vec<Option<InferencePass>> = (0..sides.len()).map(|_| None).collect();
     for round in 0..=repeats {
         for k in 0..sides.len() {
             let i = (round + k) % sides.len();
-            let (pass, ms) = forward(&sides[i], &batch, cfg, device);
+            let (pass, ms, cpu_ms) = forward(&sides[i], &batch, cfg, device);
             if round > 0 {
                 times[i].push(ms);
+                cpu_times[i].push(cpu_ms);
             }
             last[i] = Some(pass);
         }
@@ -204,6 +239,20 @@ pub fn bench_inference(
     let float_ms = times.next().unwrap();
     let quantized_ms = times.next().unwrap();
     let per_forward_ms = times.next().unwrap_or_default();
+    let on_cpu = device == Device::Cpu;
+    let mut cpu_times = cpu_times
+        .into_iter()
+        .map(|t| if on_cpu { t } else { Vec::new() });
+    let float_cpu = cpu_times.next().unwrap();
+    let quantized_cpu = cpu_times.next().unwrap();
+    let per_forward_cpu = cpu_times.next().unwrap_or_default();
+    let float_cpu_median = on_cpu.then(|| median(&mut float_cpu.clone()));
+    let quantized_cpu_median = on_cpu.then(|| median(&mut quantized_cpu.clone()));
+    let cpu_ratio = float_cpu_median
+        .zip(quantized_cpu_median)
+        .map(|(f, q)| q / f);
+    let per_forward_cpu_ratio = (on_cpu && per_forward)
+        .then(|| median(&mut per_forward_cpu.clone()) / float_cpu_median.unwrap_or(f64::NAN));
     let float_median = median(&mut float_ms.clone());
     let quantized_median = median(&mut quantized_ms.clone());
     let pass_median = median(&mut pass_ms.clone());
@@ -224,16 +273,24 @@ pub fn bench_inference(
         float_ms: float_median,
         quantized_ms: quantized_median,
         ratio: quantized_median / float_median,
+        paired_ratio: paired_median(&quantized_ms, &float_ms),
+        float_cpu_ms: float_cpu_median,
+        quantized_cpu_ms: quantized_cpu_median,
+        cpu_ratio,
         quantize_pass_ms: pass_median,
         quantized_layers,
         amortized_ratio: [amortized(1), amortized(10), amortized(100)],
         per_forward_ms: per_forward_median,
         per_forward_ratio: per_forward_median.map(|ms| ms / float_median),
         per_forward_identical: per_forward.then_some(identical),
+        per_forward_cpu_ratio,
         float_forwards_ms: float_ms,
         quantized_forwards_ms: quantized_ms,
         quantize_passes_ms: pass_ms,
         per_forward_forwards_ms: per_forward_ms,
+        float_forwards_cpu_ms: float_cpu,
+        quantized_forwards_cpu_ms: quantized_cpu,
+        per_forward_forwards_cpu_ms: per_forward_cpu,
         float_proposals: proposal_count(&float_last.rpn),
         quantized_proposals: proposal_count(&quantized_last.rpn),
         float_detections: detection_count(&float_last),
@@ -271,6 +328,16 @@ impl InferenceTiming {
             self.quantized_layers,
             self.repeats,
         );
+        out += &format!("median of the rounds' ratios {:.3}", self.paired_ratio);
+        if let (Some(f), Some(q), Some(r)) =
+            (self.float_cpu_ms, self.quantized_cpu_ms, self.cpu_ratio)
+        {
+            out += &format!(
+                "; CPU time float {f:.1} ms, {}-bit {q:.1} ms, ratio {r:.3}",
+                self.bits
+            );
+        }
+        out += "\n";
         if let (Some(ms), Some(ratio), Some(identical)) = (
             self.per_forward_ms,
             self.per_forward_ratio,
