@@ -77,7 +77,8 @@ fn same_seed_same_bytes_in_two_processes() {
     let (run_a, run_b) = (train_in(a.path(), &[]), train_in(b.path(), &[]));
     let (files_a, files_b) = (files(&run_a), files(&run_b));
     // Only wall-clock figures may differ: the timing file, the checkpoint markers'
-    // seconds and the summary's speed line. Everything else is compared byte for byte.
+    // seconds, the summary's speed line and the log's images/s and elapsed seconds.
+    // Everything else is compared byte for byte (the curves too).
     let timing_free = |files: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
         files
             .iter()
@@ -91,6 +92,21 @@ fn same_seed_same_bytes_in_two_processes() {
                         .map(String::from)
                         .collect();
                     assert_eq!(lines.len() + 1, text().lines().count(), "one speed line");
+                    lines.join("\n").into_bytes()
+                } else if name == "log.jsonl" {
+                    let lines: Vec<String> = text()
+                        .lines()
+                        .map(|line| {
+                            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+                            if record["type"] == "iteration" {
+                                let map = record.as_object_mut().unwrap();
+                                for key in ["images_per_second", "elapsed_seconds"] {
+                                    assert!(map.remove(key).is_some(), "{line} has no {key}");
+                                }
+                            }
+                            record.to_string()
+                        })
+                        .collect();
                     lines.join("\n").into_bytes()
                 } else if name.starts_with("checkpoints") && name.ends_with(".json") {
                     let mut marker: serde_json::Value = serde_json::from_str(&text()).unwrap();
@@ -108,6 +124,8 @@ fn same_seed_same_bytes_in_two_processes() {
     for expected in [
         "metrics.json",
         "config.yaml",
+        "log.jsonl",
+        "curves.png",
         "checkpoints/iter_0000002.safetensors",
         "checkpoints/iter_0000004.safetensors",
     ] {
@@ -197,26 +215,56 @@ fn a_fresh_run_removes_the_stale_results_of_the_last_one() {
     let dir = tempfile::tempdir().unwrap();
     let run = train_in(dir.path(), &[]);
     assert!(run.join("metrics.json").is_file());
-    // Trains, then fails to open its test split: the old results must be gone by then.
+    // A fresh run of another config is killed once it has logged its first iteration:
+    // the old results must be gone by then. (A missing test split is refused before
+    // anything is written, so it cannot stop the run here.)
     std::fs::write(dir.path().join("tiny.yaml"), TINY).unwrap();
-    let out = lbwnet_command()
+    let mut child = lbwnet_command()
         .args(["--quiet", "train", "--config", "tiny.yaml"])
         .args([
             "--set",
-            "data.test_split=missing",
+            "train.iterations=1000000",
             "--set",
-            "train.iterations=2",
+            "train.log_interval=1",
         ])
         .current_dir(dir.path())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    for stale in ["metrics.json", "timing.json", "summary.md", "detections"] {
+    let started = std::time::Instant::now();
+    let first_logged = || {
+        std::fs::read_to_string(run.join("log.jsonl"))
+            .is_ok_and(|log| log.starts_with(r#"{"type":"iteration","iteration":1,"#))
+    };
+    while !first_logged() {
+        assert!(
+            child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 60,
+            "the fresh run never logged its first iteration"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for stale in [
+        "metrics.json",
+        "timing.json",
+        "summary.md",
+        "detections",
+        "curves.png",
+    ] {
         assert!(
             !run.join(stale).exists(),
             "stale {stale} survived a fresh run"
         );
     }
     let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
-    assert!(config.contains("test_split: missing"), "{config}");
+    assert!(config.contains("iterations: 1000000"), "{config}");
+    // The log is the new run's alone: its iterations from 1, no evaluation.
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    for (i, line) in log.lines().enumerate() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["type"], "iteration", "{log}");
+        assert_eq!(record["iteration"], i + 1, "{log}");
+    }
 }
