@@ -1,6 +1,7 @@
 //! The sweep's report from whatever has finished: every finished run measured, each cell
 //! aggregated over the seeds that finished it, the rest named as missing; written as
-//! `table.json`, `table.md`, `paper_table.md` and the plots.
+//! `table.json`, `table.md` (which links each run's training curves), `paper_table.md` and
+//! the plots.
 use crate::experiments::jobs::SweepJobs;
 use crate::experiments::plots::write_plots;
 use crate::experiments::sweep::SweepConfig;
@@ -20,7 +21,7 @@ pub fn write_report(sweep: &SweepConfig, quick: bool, seconds: f64) -> Result<Sw
         &dir.join("table.json"),
         serde_json::to_string_pretty(&table)?.as_bytes(),
     )?;
-    write_atomic(&dir.join("table.md"), table.to_markdown().as_bytes())?;
+    write_atomic(&dir.join("table.md"), table.to_markdown_in(&dir).as_bytes())?;
     write_atomic(
         &dir.join("paper_table.md"),
         table.paper_table_markdown().as_bytes(),

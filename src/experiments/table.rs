@@ -8,6 +8,7 @@ use crate::experiments::stats::SeedSummary;
 use crate::quant::error::mean_squared_error;
 use crate::quant::{packing::storage_bytes, quantize, Method, QuantSpec};
 use crate::train::checkpoint;
+use crate::train::curves::CURVES_FILE;
 use crate::train::setup::build_model;
 use crate::train::trainer::Timing;
 use anyhow::{bail, Context, Result};
@@ -248,6 +249,34 @@ impl SweepRow {
     }
 }
 
+/// `[seed 0](…/curves.png), [seed 1](…)`: each of the row's runs that has drawn its
+/// training curves, by its run directory (relative to `links_from` when under it);
+/// `-` when none has.
+fn curves_links(row: &SweepRow, links_from: Option<&Path>) -> String {
+    let links: Vec<String> = row
+        .seeds
+        .iter()
+        .zip(&row.run_dirs)
+        .filter(|(_, dir)| dir.join(CURVES_FILE).is_file())
+        .map(|(seed, dir)| {
+            let shown = links_from
+                .and_then(|base| dir.strip_prefix(base).ok())
+                .unwrap_or(dir);
+            let target = shown.join(CURVES_FILE).display().to_string();
+            if target.contains([' ', '(', ')']) {
+                format!("[seed {seed}](<{target}>)")
+            } else {
+                format!("[seed {seed}]({target})")
+            }
+        })
+        .collect();
+    if links.is_empty() {
+        "-".into()
+    } else {
+        links.join(", ")
+    }
+}
+
 fn format_c(c: Option<f64>) -> String {
     c.map(|c| format!("{c}")).unwrap_or_else(|| "-".into())
 }
@@ -329,15 +358,26 @@ impl SweepTable {
         )
     }
 
-    /// Every cell, in sweep order.
+    /// Every cell, in sweep order, each linking its runs' training curves by the paths
+    /// of their run directories.
     pub fn to_markdown(&self) -> String {
+        self.markdown(None)
+    }
+
+    /// [`Self::to_markdown`] for a file in `dir` (the results directory): the links to
+    /// runs under `dir` are relative to it.
+    pub fn to_markdown_in(&self, dir: &Path) -> String {
+        self.markdown(Some(dir))
+    }
+
+    fn markdown(&self, links_from: Option<&Path>) -> String {
         let mut out = self.title("Sweep");
-        out += "| bits | method | c | mAP | mAP 95% CI | Δ vs float [95% CI] | AP@[.5:.95] | weights | compression | error / exact | mAP per seed | iters | train s |\n\
-                |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n";
+        out += "| bits | method | c | mAP | mAP 95% CI | Δ vs float [95% CI] | AP@[.5:.95] | weights | compression | error / exact | mAP per seed | iters | train s | curves |\n\
+                |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n";
         for r in &self.rows {
             let per_seed: Vec<String> = r.maps.iter().map(|m| format!("{m:.4}")).collect();
             out += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} | {} |\n",
                 r.bits,
                 r.method,
                 format_c(r.c),
@@ -352,7 +392,8 @@ impl SweepTable {
                     .unwrap_or_else(|| "-".into()),
                 per_seed.join(", "),
                 r.iterations,
-                r.train_seconds
+                r.train_seconds,
+                curves_links(r, links_from)
             );
         }
         out
@@ -419,6 +460,43 @@ mod tests {
             train_seconds: 1.0,
             run_dir: PathBuf::from(format!("seed-{seed}")),
         }
+    }
+
+    #[test]
+    fn the_table_links_the_curves_each_run_drew() {
+        let results = tempfile::tempdir().unwrap();
+        let run_dir = |seed: u64| results.path().join(format!("seed-{seed}/cell/w4-lbw-c7.2"));
+        let mut runs = [run(0, 4, 0.6, 0.3), run(1, 4, 0.5, 0.2)];
+        for r in &mut runs {
+            r.run_dir = run_dir(r.seed);
+        }
+        // Seed 1's run drew none (an older lbwnet): no link to a missing file.
+        std::fs::create_dir_all(run_dir(0)).unwrap();
+        std::fs::write(run_dir(0).join(CURVES_FILE), b"png").unwrap();
+        let float = [run(0, 32, 0.7, 0.4), run(1, 32, 0.6, 0.3)];
+        let table = SweepTable {
+            sweep: "s".into(),
+            quick: true,
+            seeds: vec![0, 1],
+            initial_float_maps: vec![0.7, 0.6],
+            initial_float_iterations: 10,
+            rows: vec![SweepRow::from_runs(&runs, &float).unwrap()],
+            missing: Vec::new(),
+            seconds: 1.0,
+        };
+        let row = |markdown: String| markdown.lines().last().unwrap().to_string();
+        assert!(
+            row(table.to_markdown_in(results.path()))
+                .ends_with("| [seed 0](seed-0/cell/w4-lbw-c7.2/curves.png) |"),
+            "{}",
+            table.to_markdown_in(results.path())
+        );
+        let absolute = run_dir(0).join(CURVES_FILE);
+        assert!(
+            row(table.to_markdown()).ends_with(&format!("| [seed 0]({}) |", absolute.display()))
+        );
+        std::fs::remove_file(&absolute).unwrap();
+        assert!(row(table.to_markdown()).ends_with("| - |"));
     }
 
     #[test]
