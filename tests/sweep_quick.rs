@@ -115,6 +115,20 @@ fn quick_sweep_over_two_seeds_writes_spread_and_resumes() {
         markdown.contains("±") && markdown.contains("95%") && markdown.contains("AP@[.5:.95]"),
         "{markdown}"
     );
+    // Each cell links its runs' training curves, relative to the results directory.
+    let links: Vec<&str> = markdown
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|target| target.ends_with("curves.png"))
+        .collect();
+    assert_eq!(links.len(), 2 * table.rows.len(), "{markdown}");
+    for target in links {
+        assert!(
+            out.join(target).is_file(),
+            "{target} in table.md is not a file"
+        );
+    }
 
     // Finished cells are reused: the second run trains nothing and reports the same mAPs.
     let again = run_sweep(&sweep, true).unwrap();
