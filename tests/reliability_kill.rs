@@ -123,6 +123,31 @@ fn resumed_at(log: &str) -> Option<usize> {
         .ok()
 }
 
+/// The run's `log.jsonl` after it finished, however often it was killed and resumed:
+/// every logged iteration (each 10th) once, in order, then the one evaluation.
+fn assert_complete_log(run_dir: &Path) {
+    let records = lbwnet::train::curves::read_log(&run_dir.join("log.jsonl")).unwrap();
+    let lines: Vec<(bool, usize)> = records
+        .iter()
+        .map(|r| {
+            (
+                matches!(r, lbwnet::train::curves::Record::Evaluation(_)),
+                r.iteration(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (false, 10),
+            (false, 20),
+            (false, 30),
+            (false, 40),
+            (true, 40)
+        ]
+    );
+}
+
 fn no_complete(log: &str) -> bool {
     log.contains("no complete checkpoint in")
 }
@@ -198,6 +223,7 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint() {
                 "a run finished after {resumes_since_fresh} resumes ended on other weights \
                  than the uninterrupted one"
             );
+            assert_complete_log(&run_dir);
             finished += 1;
             finished_resumed += usize::from(resumes_since_fresh > 0);
             resumes_since_fresh = 0;
@@ -277,6 +303,7 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_a_checkpoint() {
         weights(&run_dir, ITERATIONS) == reference,
         "the killed and resumed run ended on other weights than the uninterrupted one"
     );
+    assert_complete_log(&run_dir);
     // No temporary file of a killed write is left.
     for sub in [
         run_dir.clone(),
