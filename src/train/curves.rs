@@ -122,15 +122,20 @@ impl TrainingLog {
         let complete = text.ends_with('\n');
         let lines: Vec<&str> = text.lines().collect();
         for (number, line) in lines.iter().enumerate() {
-            let last = number + 1 == lines.len();
+            // A last line without its newline was cut short, even if it parses.
+            let cut_short = number + 1 == lines.len() && !complete;
             let record = match serde_json::from_str::<Record>(line) {
-                Ok(record) if !(last && !complete) => record,
+                Ok(record) if !cut_short => record,
                 Ok(_) | Err(_) => {
                     tracing::warn!(
                         "{}:{}: dropping an unreadable line{}",
                         path.display(),
                         number + 1,
-                        if last { " (cut short by a kill)" } else { "" }
+                        if cut_short {
+                            " (cut short by a kill)"
+                        } else {
+                            ""
+                        }
                     );
                     continue;
                 }
