@@ -418,6 +418,24 @@ fn invalid_json_is_refused() {
     );
 }
 
+#[test]
+fn an_oversized_file_is_refused_unread() {
+    // A sparse file one byte over the limit: refused by its size, before it is read.
+    let set = generated();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(lbwnet::data::coco::MAX_JSON_BYTES + 1)
+        .unwrap();
+    drop(file);
+    let err = lbwnet::data::Dataset::open_coco(&big, &set.root, "train", None, true).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains(path_arg(&big)) && err.contains("over the 1073741824-byte limit"),
+        "{err}"
+    );
+}
+
 /// [`refused`] for a file whose text is not JSON.
 fn refused_text(name: &str, text: &str, names: &[&str]) {
     let set = generated();
