@@ -5,7 +5,6 @@
 //! key and what is allowed.
 pub mod synthetic;
 
-use crate::detect::nms::NmsBackend;
 use crate::quant::{Method, FLOAT_BITS};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -280,6 +279,47 @@ impl Default for RpnConfig {
             smooth_l1_sigma: 3.0,
             nms_backend: NmsBackend::Auto,
         }
+    }
+}
+
+/// Which implementation runs NMS (`model.rpn.nms_backend` for the proposal layer). All
+/// keep the same boxes; they differ in speed only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NmsBackend {
+    /// `host` for CPU tensors, `mask` for GPU tensors (`detect::nms`'s `resolve`, README
+    /// "GPU").
+    #[default]
+    Auto,
+    /// Greedy scan over host copies of the boxes.
+    Host,
+    /// The full suppression mask on the boxes' device, scanned on the host.
+    Mask,
+    /// Block by block on the boxes' device (`detect::nms::blocked_nms`, `NMS_BLOCK` boxes
+    /// a block), scanned on the host; stops at `max_keep`.
+    Blocks,
+}
+
+impl NmsBackend {
+    pub const ALL: [NmsBackend; 4] = [Self::Auto, Self::Host, Self::Mask, Self::Blocks];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Host => "host",
+            Self::Mask => "mask",
+            Self::Blocks => "blocks",
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
+impl std::fmt::Display for NmsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -8,57 +8,21 @@
 //! tested on the device against the boxes kept so far and within itself, stopping once
 //! `max_keep` boxes are kept (`blocks`). CPU tensors use `host` unless told otherwise, GPU
 //! tensors `mask` (README "GPU"). Indices return on the input device.
-use serde::{Deserialize, Serialize};
+pub use crate::config::NmsBackend;
 use tch::{Device, Kind, Tensor};
 
-/// Which implementation runs NMS (`model.rpn.nms_backend` for the proposal layer). All
-/// keep the same boxes; they differ in speed only.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NmsBackend {
-    /// `host` for CPU tensors, `mask` for GPU tensors: the choice measured fastest so far
-    /// (on an H200 the mask measured slower than the host scan in VGG-16's proposal
-    /// layer, 16.3 against 11.6 ms; `tests/proposal_nms.rs` times all three in one run).
-    #[default]
-    Auto,
-    /// Greedy scan over host copies of the boxes.
-    Host,
-    /// The full suppression mask on the boxes' device, scanned on the host.
-    Mask,
-    /// Block by block on the boxes' device ([`blocked_nms`], [`NMS_BLOCK`] boxes a block),
-    /// scanned on the host; stops at `max_keep`.
-    Blocks,
-}
-
 impl NmsBackend {
-    pub const ALL: [NmsBackend; 4] = [Self::Auto, Self::Host, Self::Mask, Self::Blocks];
-
-    /// The implementation that runs for tensors on `device` (`auto` resolved).
+    /// The implementation that runs for tensors on `device` (`auto` resolved): `auto` is
+    /// `host` for CPU tensors and `mask` for GPU tensors, the choice from before `blocks`
+    /// existed, kept until a device times the three in one run (`tests/proposal_nms.rs`);
+    /// the one measurement so far, on an H200, put the mask at 16.3 ms in VGG-16's proposal
+    /// layer against 11.6 ms for the host scan, and `blocks` has not run on a GPU.
     pub fn resolve(self, device: Device) -> Self {
         match self {
             Self::Auto if device == Device::Cpu => Self::Host,
             Self::Auto => Self::Mask,
             other => other,
         }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Host => "host",
-            Self::Mask => "mask",
-            Self::Blocks => "blocks",
-        }
-    }
-
-    pub fn is_auto(&self) -> bool {
-        *self == Self::Auto
-    }
-}
-
-impl std::fmt::Display for NmsBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
