@@ -20,6 +20,9 @@ use tch::Device;
 
 /// A TIFF block (what follows `Exif\0\0` in the APP1 segment) whose IFD0 holds one entry,
 /// Orientation (tag 0x0112, SHORT) = `value`, in big- or little-endian byte order.
+/// A test image: id, EXIF orientation, annotated size, 1-based inclusive box in that frame.
+type AnnotatedImage = (&'static str, u16, (u32, u32), [u32; 4]);
+
 fn exif_orientation(value: u16, big_endian: bool) -> Vec<u8> {
     let u16b = |v: u16| {
         if big_endian {
@@ -182,8 +185,7 @@ fn training_and_evaluation_images_take_the_frame_their_annotation_gives() {
     });
     // Orientation 6 shows stored (x, y) at (h - 1 - y, x): x 40..70, y 10..30.
     // Orientation 3 shows it at (w - 1 - x, h - 1 - y): x 30..50, y 40..70.
-    // (id, orientation, annotated size, 1-based inclusive box in that frame)
-    let images: [(&str, u16, (u32, u32), [u32; 4]); 5] = [
+    let images: [AnnotatedImage; 5] = [
         ("six_shown", 6, (h, w), [41, 11, 70, 30]),
         ("six_stored", 6, (w, h), [11, 21, 30, 50]),
         ("three", 3, (w, h), [31, 41, 50, 70]),
