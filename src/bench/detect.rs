@@ -4,10 +4,10 @@
 //! same model exported as ONNX in onnxruntime, one thread and all threads.
 use super::onnxruntime::{time_onnxruntime, OnnxruntimeTiming};
 use super::{elapsed_ms, median};
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, SplitRole};
+use crate::data::dataset::Dataset;
 use crate::data::loader::{load_sample, LoaderConfig};
 use crate::data::transforms::decode_rgb_annotated;
-use crate::data::voc::VocDataset;
 use crate::deploy::onnx::export_onnx;
 use crate::deploy::{export_run, DeployedModel, ModelFile};
 use crate::detect::faster_rcnn::FasterRcnn;
@@ -248,7 +248,7 @@ fn test_images(
 ) -> Result<(Vec<ImageBatch>, Vec<RgbImage>)> {
     cfg.check_data_path()?;
     crate::data::synthetic::ensure_synthetic(&cfg.data.root, cfg.data.synthetic.as_ref())?;
-    let dataset = VocDataset::open(&cfg.data.root, &cfg.data.test_split, Some(classes))?;
+    let dataset = Dataset::from_config(&cfg.data, SplitRole::Test, Some(classes))?;
     let loader_cfg = LoaderConfig::from_data_config(&cfg.data, false, 0);
     let count = images.min(dataset.len());
     ensure!(

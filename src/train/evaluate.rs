@@ -2,6 +2,7 @@
 //! AP report, and optional PNGs with predicted and ground-truth boxes.
 use crate::config::{DataConfig, EvalConfig};
 use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::transforms::decode_rgb_annotated;
 use crate::data::voc::VocDataset;
 use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::ImageBatch;
@@ -90,9 +91,9 @@ fn draw_boxes(
     out: &Path,
 ) -> Result<()> {
     let path = dataset.image_path(index);
-    let mut image = image::open(&path)
-        .with_context(|| format!("reading image {}", path.display()))?
-        .to_rgb8();
+    let annotation = &dataset.annotations[index];
+    // The frame the boxes are in: the annotation's (shown or stored, as the loader decodes).
+    let mut image = decode_rgb_annotated(&path, annotation.width, annotation.height)?;
     for object in &dataset.annotations[index].objects {
         draw_rectangle(&mut image, object.bbox.map(f64::from), [40, 220, 40]);
     }
