@@ -141,6 +141,11 @@ fn a_pass_inside_a_training_step_leaves_the_steps_slots() {
     assert!(all_slots_empty(&model.registry));
 }
 
+/// Every variable's values by name.
+type NamedWeights = Vec<(String, Vec<f32>)>;
+/// Every detection file's bytes by name.
+type NamedFiles = Vec<(String, Vec<u8>)>;
+
 /// Trains `steps[0]` steps, evaluates (when `evaluate_between`), trains `steps[1]` more and
 /// evaluates: the final weights (every variable's bytes) and the last evaluation's
 /// detection files and report.
@@ -148,7 +153,7 @@ fn train_evaluate(
     cfg: &ExperimentConfig,
     out: &Path,
     evaluate_between: bool,
-) -> (Vec<(String, Vec<f32>)>, Vec<(String, Vec<u8>)>, String) {
+) -> (NamedWeights, NamedFiles, String) {
     let train = open(cfg, &cfg.data.train_split);
     let test = open(cfg, &cfg.data.test_split);
     let (vs, model) = model(cfg, train.classes.len());
