@@ -25,9 +25,13 @@ src/quant/levels.rs).
 After the training steps each side times test-time forward passes (inference: RPN, box
 head, NMS) on the same image, with the RPN keeping its post_nms_top_n_test best boxes
 without NMS on both sides, so each scores exactly that many proposals (random weights would
-otherwise leave different numbers after NMS), and reports its process's peak resident memory. The torchvision side runs each model in its own worker process so that figure
-covers that model only, as ours does (both hold the float and the quantized model with
-their optimizer state).
+otherwise leave different numbers after NMS), and reports its process's peak resident memory.
+The torchvision side runs each model in its own worker process so that figure covers that
+model only, as ours does (both hold the float and the quantized model with their optimizer
+state). As an evaluation does, both sides compute each quantized layer's Q(W) once for all
+the inference passes (the weights do not change): ours fills its layers' slots with one pass
+(`QuantRegistry::quantize_frozen`), torchvision's side runs them under
+`parametrize.cached()`; neither pass is timed (`lbwnet bench inference` times ours).
 """
 import argparse
 import json
@@ -283,7 +287,8 @@ def bench_torchvision(name, ours, repeats, device):
         model.rpn.nms_thresh = 1.0
         model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"]
         model.rpn.min_size = 0.0
-    with torch.no_grad():
+    # Q(W) once for all the passes, as an evaluation of fixed weights computes it.
+    with torch.no_grad(), parametrize.cached():
         for round_ in range(repeats + 1):
             for i, (model, _) in enumerate(runs):
                 start = time.perf_counter()
