@@ -9,7 +9,7 @@
 //!   nothing written.
 mod common;
 
-use common::{lbwnet, lbwnet_ok, path_arg};
+use common::{assert_matches_pycocotools, lbwnet, lbwnet_ok, path_arg, COCO_KEYS as KEYS};
 use lbwnet::config::ApMetric;
 use lbwnet::data::Dataset;
 use lbwnet::eval::{evaluate_comp4, write_comp4, Detection};
@@ -18,17 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 const TOLERANCE: f64 = 1e-12;
-const KEYS: [&str; 9] = [
-    "ap",
-    "ap50",
-    "ap75",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "ar1",
-    "ar10",
-    "ar100",
-];
 
 fn repr_numbers(v: &Value) -> Vec<f64> {
     v.as_array()
@@ -39,13 +28,7 @@ fn repr_numbers(v: &Value) -> Vec<f64> {
 }
 
 fn compare(what: &str, ours: &[f64], reference: &[f64]) {
-    assert_eq!(ours.len(), reference.len(), "{what}");
-    for (k, (a, b)) in ours.iter().zip(reference).enumerate() {
-        assert!(
-            (a - b).abs() <= TOLERANCE,
-            "{what}[{k}]: ours {a}, pycocotools {b}\nours {ours:?}\nref  {reference:?}"
-        );
-    }
+    assert_matches_pycocotools(what, ours, reference, TOLERANCE);
 }
 
 fn write_json(path: &Path, value: &Value) {

@@ -3,7 +3,7 @@
 //! `ApMetric::Coco`, and `lbwnet eval-dets --metric coco` on comp4 files.
 mod common;
 
-use common::assert_success;
+use common::{assert_matches_pycocotools, assert_success, COCO_KEYS as KEYS};
 use lbwnet::config::ApMetric;
 use lbwnet::data::voc::{VocAnnotation, VocObject};
 use lbwnet::eval::{coco_evaluate, evaluate, write_comp4, CocoMetrics, Detection};
@@ -11,17 +11,6 @@ use serde_json::Value;
 use std::path::Path;
 
 const TOLERANCE: f64 = 1e-9;
-const KEYS: [&str; 9] = [
-    "ap",
-    "ap50",
-    "ap75",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "ar1",
-    "ar10",
-    "ar100",
-];
 
 struct Case {
     name: String,
@@ -129,17 +118,7 @@ fn as_array(m: &CocoMetrics) -> [f64; 9] {
 
 /// Largest |ours - reference|, after checking each against the tolerance.
 fn compare(what: &str, ours: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "{what}");
-    let mut worst = 0f64;
-    for (k, (a, b)) in ours.iter().zip(reference).enumerate() {
-        let diff = (a - b).abs();
-        assert!(
-            diff <= TOLERANCE,
-            "{what}[{k}]: ours {a}, pycocotools {b}\nours {ours:?}\nref  {reference:?}"
-        );
-        worst = worst.max(diff);
-    }
-    worst
+    assert_matches_pycocotools(what, ours, reference, TOLERANCE)
 }
 
 #[test]

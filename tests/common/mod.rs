@@ -180,3 +180,37 @@ impl QuickSweep {
         }
     }
 }
+
+/// The COCO numbers in pycocotools' `stats` order (the fixtures' `stats_order`).
+pub const COCO_KEYS: [&str; 9] = [
+    "ap",
+    "ap50",
+    "ap75",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "ar1",
+    "ar10",
+    "ar100",
+];
+
+/// Asserts every `ours[k]` is within `tolerance` of pycocotools' `reference[k]`; returns the
+/// largest difference.
+pub fn assert_matches_pycocotools(
+    what: &str,
+    ours: &[f64],
+    reference: &[f64],
+    tolerance: f64,
+) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "{what}");
+    let mut worst = 0f64;
+    for (k, (a, b)) in ours.iter().zip(reference).enumerate() {
+        let diff = (a - b).abs();
+        assert!(
+            diff <= tolerance,
+            "{what}[{k}]: ours {a}, pycocotools {b}\nours {ours:?}\nref  {reference:?}"
+        );
+        worst = worst.max(diff);
+    }
+    worst
+}
