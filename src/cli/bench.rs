@@ -78,9 +78,11 @@ pub struct LoaderBenchArgs {
     pub images: usize,
 }
 
+/// What `bench train-step` and `bench inference` both take: the model, the input, the
+/// float-against-b-bit comparison and where it runs.
 #[derive(Args, Debug)]
-pub struct TrainStepBenchArgs {
-    /// The model comes from this config (backbone, RPN and RoI settings).
+pub struct ModelBenchArgs {
+    /// The model comes from this config (backbone, RPN and RoI settings, eval thresholds).
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Input image size, HEIGHTxWIDTH (600x1000 is the VOC scale).
@@ -89,7 +91,7 @@ pub struct TrainStepBenchArgs {
     /// Quantized bit-width compared with float (lbw, default c).
     #[arg(long, default_value_t = 6)]
     pub bits: u32,
-    /// Timed steps per model (after one warm-up), alternating float and quantized.
+    /// Timed rounds (after one warm-up), each timing the float and the quantized model.
     #[arg(long, default_value_t = 10)]
     pub repeats: usize,
     #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
@@ -97,6 +99,37 @@ pub struct TrainStepBenchArgs {
     /// CPU threads (default: the config's `train.threads`, or torch's choice).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// [`ModelBenchArgs`] checked and applied: the config, the input size and the device, with
+/// libtorch's threads set.
+struct ModelBench {
+    cfg: crate::config::ExperimentConfig,
+    height: i64,
+    width: i64,
+    device: tch::Device,
+}
+
+impl ModelBenchArgs {
+    fn prepare(&self) -> Result<ModelBench> {
+        let cfg = self.config.load()?;
+        let (height, width) = parse_size(&self.size)?;
+        ensure!(self.repeats >= 1, "--repeats must be at least 1");
+        let device = bench_device(self.device)?;
+        set_threads(self.threads, Some(cfg.train.threads))?;
+        Ok(ModelBench {
+            cfg,
+            height,
+            width,
+            device,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainStepBenchArgs {
+    #[command(flatten)]
+    pub model: ModelBenchArgs,
     /// SGD learning rate of the timed steps. 0 keeps the model fixed, so every step
     /// processes the same proposals and RoIs (what a comparison with another
     /// implementation needs).
@@ -114,23 +147,8 @@ pub struct TrainStepBenchArgs {
 
 #[derive(Args, Debug)]
 pub struct InferenceBenchArgs {
-    /// The model comes from this config (backbone, RPN and RoI settings, eval thresholds).
     #[command(flatten)]
-    pub config: ConfigArgs,
-    /// Input image size, HEIGHTxWIDTH (600x1000 is the VOC scale).
-    #[arg(long, default_value = "240x320")]
-    pub size: String,
-    /// Quantized bit-width compared with float (lbw, default c).
-    #[arg(long, default_value_t = 6)]
-    pub bits: u32,
-    /// Timed forwards per model (after one warm-up), alternating float and quantized.
-    #[arg(long, default_value_t = 10)]
-    pub repeats: usize,
-    #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
-    pub device: BenchDevice,
-    /// CPU threads (default: the config's `train.threads`, or torch's choice).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    pub model: ModelBenchArgs,
     /// Also time the quantized model quantizing every layer on every forward (no pass
     /// beforehand) and check that its detections are the same bits.
     #[arg(long)]
@@ -238,21 +256,22 @@ fn parse_size(size: &str) -> Result<(i64, i64)> {
 }
 
 fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
-    let cfg = args.config.load()?;
-    let (height, width) = parse_size(&args.size)?;
-    ensure!(args.repeats >= 1, "--repeats must be at least 1");
     ensure!(
         args.lr.is_finite() && args.lr >= 0.0,
         "--lr {} is not allowed; use a finite value >= 0",
         args.lr
     );
-    let device = bench_device(args.device)?;
-    set_threads(args.threads, Some(cfg.train.threads))?;
-    let options = TrainStepOptions {
-        bits: args.bits,
+    let ModelBench {
+        cfg,
         height,
         width,
-        repeats: args.repeats,
+        device,
+    } = args.model.prepare()?;
+    let options = TrainStepOptions {
+        bits: args.model.bits,
+        height,
+        width,
+        repeats: args.model.repeats,
         device,
         lr: args.lr,
     };
@@ -268,21 +287,22 @@ fn run_train_step(args: TrainStepBenchArgs) -> Result<()> {
 }
 
 fn run_inference(args: InferenceBenchArgs) -> Result<()> {
-    let cfg = args.config.load()?;
-    let (height, width) = parse_size(&args.size)?;
-    ensure!(args.repeats >= 1, "--repeats must be at least 1");
     ensure!(
-        (2..=8).contains(&args.bits),
+        (2..=8).contains(&args.model.bits),
         "--bits {} is not allowed; use 2..=8",
-        args.bits
+        args.model.bits
     );
-    let device = bench_device(args.device)?;
-    set_threads(args.threads, Some(cfg.train.threads))?;
-    let options = InferenceOptions {
-        bits: args.bits,
+    let ModelBench {
+        cfg,
         height,
         width,
-        repeats: args.repeats,
+        device,
+    } = args.model.prepare()?;
+    let options = InferenceOptions {
+        bits: args.model.bits,
+        height,
+        width,
+        repeats: args.model.repeats,
         device,
         per_forward: args.per_forward,
     };
