@@ -1,7 +1,8 @@
 //! `lbwnet export`: a training run's checkpoint as one packed low-bit model file, and a run or
 //! a model file as one ONNX graph with the same low-bit weights.
 use crate::deploy::export::run_model_file;
-use crate::deploy::onnx::export_onnx;
+use crate::deploy::calibrate::calibrate_file;
+use crate::deploy::onnx::{check_int8, export_onnx, export_onnx_int8};
 use crate::deploy::{export_run, ExportSummary, ModelFile};
 use anyhow::{bail, ensure, Result};
 use clap::Args;
@@ -34,6 +35,19 @@ pub struct ExportArgs {
     /// eval.score_thresh=0`).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "onnx")]
     pub overrides: Vec<String>,
+    /// Write the ONNX graph with int8 weights and uint8 activations, on onnxruntime's
+    /// integer kernels (quantized layers of at most 4 bits; activation scales calibrated
+    /// on training images).
+    #[arg(long, requires = "onnx")]
+    pub int8: bool,
+    /// Training images (evenly spaced over the split) whose activation ranges set the
+    /// int8 graph's scales.
+    #[arg(long, value_name = "N", default_value_t = 200, requires = "int8")]
+    pub calibration_images: usize,
+    /// The data set to calibrate on instead of the model config's `data.root` (same
+    /// layout and classes).
+    #[arg(long, value_name = "ROOT", requires = "int8")]
+    pub calibration_data: Option<PathBuf>,
     /// Print the summaries as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -62,7 +76,18 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
     let cfg = file.config(&args.overrides)?;
-    let summary = export_onnx(&file, &cfg, onnx)?;
+    let summary = if args.int8 {
+        // Refused before the calibration's passes, not after.
+        check_int8(&file)?;
+        let calibration = calibrate_file(
+            &file,
+            args.calibration_images,
+            args.calibration_data.as_deref(),
+        )?;
+        export_onnx_int8(&file, &cfg, &calibration, onnx)?
+    } else {
+        export_onnx(&file, &cfg, onnx)?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

@@ -7,6 +7,7 @@
 //! float ([`model`]): the forward pass never quantizes, and on the CPU it computes exactly
 //! what the training-time model computes in evaluation (its forward uses Q(W) itself
 //! there), so the detections are the same to the byte.
+pub mod calibrate;
 pub mod export;
 pub mod format;
 pub mod images;

@@ -124,6 +124,17 @@ impl GraphBuilder {
         self.initializer(name, dims, DataType::INT32, raw)
     }
 
+    pub fn i8s(&mut self, dims: &[i64], values: &[i8]) -> String {
+        let name = self.fresh("const_i8");
+        let raw = values.iter().map(|&v| v as u8).collect();
+        self.initializer(name, dims, DataType::INT8, raw)
+    }
+
+    pub fn u8s(&mut self, dims: &[i64], values: &[u8]) -> String {
+        let name = self.fresh("const_u8");
+        self.initializer(name, dims, DataType::UINT8, values.to_vec())
+    }
+
     pub fn u8s_named(&mut self, name: &str, values: &[u8]) -> String {
         self.initializer(
             name.into(),

@@ -18,11 +18,16 @@
 //! level table): exactly Q(W), which onnxruntime folds once at load. No float copy of a
 //! quantized weight is stored.
 mod graph;
+mod int8;
 mod layers;
 mod stages;
 mod weights;
 
 pub use graph::{Attr, GraphBuilder};
+pub use int8::check_int8;
+
+use super::calibrate::Calibration;
+use int8::{Int8State, Value};
 
 use super::format::ModelFile;
 use crate::config::ExperimentConfig;
@@ -73,6 +78,23 @@ pub struct OnnxSummary {
 pub fn export_onnx(file: &ModelFile, cfg: &ExperimentConfig, out: &Path) -> Result<OnnxSummary> {
     let model =
         build_model(file, cfg).with_context(|| format!("model file {}", file.path.display()))?;
+    write_model(&model, out)
+}
+
+/// Writes `file` as an int8 ONNX model ([`int8`]) to `out`, atomically, with the
+/// activation ranges of `calibration`.
+pub fn export_onnx_int8(
+    file: &ModelFile,
+    cfg: &ExperimentConfig,
+    calibration: &Calibration,
+    out: &Path,
+) -> Result<OnnxSummary> {
+    let model = build_int8_model(file, cfg, calibration)
+        .with_context(|| format!("model file {}", file.path.display()))?;
+    write_model(&model, out)
+}
+
+fn write_model(model: &ModelProto, out: &Path) -> Result<OnnxSummary> {
     let bytes = model
         .write_to_bytes()
         .context("serializing the ONNX model")?;
@@ -102,15 +124,37 @@ pub fn export_onnx(file: &ModelFile, cfg: &ExperimentConfig, out: &Path) -> Resu
 
 /// The detector's graph for `file`, with `cfg`'s eval settings.
 pub fn build_model(file: &ModelFile, cfg: &ExperimentConfig) -> Result<ModelProto> {
+    build(file, cfg, None)
+}
+
+/// The int8 graph for `file`, with `cfg`'s eval settings and `calibration`'s ranges.
+pub fn build_int8_model(
+    file: &ModelFile,
+    cfg: &ExperimentConfig,
+    calibration: &Calibration,
+) -> Result<ModelProto> {
+    check_int8(file)?;
+    build(file, cfg, Some(calibration))
+}
+
+fn build(
+    file: &ModelFile,
+    cfg: &ExperimentConfig,
+    calibration: Option<&Calibration>,
+) -> Result<ModelProto> {
     file.check_architecture(cfg)?;
     let arch = Architecture::of(cfg, file.meta.classes.len())?;
     let mut writer = Writer {
         g: GraphBuilder::default(),
         file,
         level_tables: BTreeMap::new(),
+        int8: calibration.map(|c| Int8State::new(c.ranges.clone())),
     };
     writer.detector(&arch, cfg)?;
     let mut metadata = BTreeMap::new();
+    if let Some(calibration) = calibration {
+        metadata.insert("int8".into(), serde_json::to_string(&calibration.summary())?);
+    }
     metadata.insert("classes".into(), serde_json::to_string(&file.meta.classes)?);
     metadata.insert(
         "lbwnet_model".into(),
@@ -136,6 +180,8 @@ struct Writer<'a> {
     file: &'a ModelFile,
     /// The level table per (bits, quantizer levels), shared by the layers that use it.
     level_tables: BTreeMap<String, String>,
+    /// The int8 export's ranges and converted values; none for the float export.
+    int8: Option<Int8State>,
 }
 
 /// The network input's size and scale, as graph values.
@@ -153,11 +199,11 @@ struct Resized {
 impl Writer<'_> {
     fn detector(&mut self, arch: &Architecture, cfg: &ExperimentConfig) -> Result<()> {
         let input = self.preprocess(cfg)?;
-        let mut features = input.pixels.clone();
-        for layer in &arch.trunk {
-            features = self.layer(layer, &features)?;
-        }
-        let features = self.g.rename(&features, STAGES[1]);
+        let features = self.sequence(&arch.trunk, Value::Float(input.pixels.clone()))?;
+        let features = match features {
+            Value::Float(name) => Value::Float(self.g.rename(&name, STAGES[1])),
+            quantized => quantized,
+        };
         let proposals = self.proposals(arch, cfg, &features, &input)?;
         let (logits, deltas) = self.box_head(arch, cfg, &features, &proposals)?;
         self.detections(cfg, &logits, &deltas, &proposals, &input, arch)

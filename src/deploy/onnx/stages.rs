@@ -1,10 +1,11 @@
 //! The detector's stages around the layers: preprocessing, the RPN and its proposals,
 //! RoI pooling and the box head, the detections; and the box operations they share.
 use super::graph::{Attr, GraphBuilder};
+use super::int8::Value;
 use super::{Resized, Writer, SCORE_THRESH, STAGES};
 use crate::config::{ExperimentConfig, Normalization, Pooler};
 use crate::data::transforms::{CAFFE_BGR_MEAN, TORCHVISION_MEAN, TORCHVISION_STD};
-use crate::detect::architecture::Architecture;
+use crate::detect::architecture::{Architecture, Layer};
 use anyhow::{ensure, Result};
 use onnx_protobuf::tensor_proto::DataType;
 
@@ -96,13 +97,13 @@ impl Writer<'_> {
         &mut self,
         arch: &Architecture,
         cfg: &ExperimentConfig,
-        features: &str,
+        features: &Value,
         input: &Resized,
     ) -> Result<String> {
-        let hidden = self.layer(&arch.rpn_conv, features)?;
-        let hidden = self.g.node("Relu", &[&hidden], &[]);
-        let objectness = self.layer(&arch.rpn_objectness, &hidden)?;
-        let deltas = self.layer(&arch.rpn_deltas, &hidden)?;
+        let rpn_conv = [arch.rpn_conv.clone(), Layer::Relu];
+        let hidden = self.sequence(&rpn_conv, features.clone())?;
+        let objectness = self.predictor(&arch.rpn_objectness, &hidden)?;
+        let deltas = self.predictor(&arch.rpn_deltas, &hidden)?;
         let m = &cfg.model;
         let anchors_per_cell = (m.anchor_sizes.len() * m.anchor_ratios.len()) as i64;
         let cell = crate::detect::anchors::base_anchors(&m.anchor_sizes, &m.anchor_ratios);
@@ -117,7 +118,12 @@ impl Writer<'_> {
         let flat = g.vec_i64(&[-1]);
         let objectness = g.node("Reshape", &[&objectness, &flat], &[]);
         let objectness = g.rename(&objectness, STAGES[2]);
-        let feature_shape = g.node("Shape", &[features], &[]);
+        // The shape of the features in either form.
+        let feature_values = match features {
+            Value::Float(name) => name.clone(),
+            Value::Quant(q) => q.name.clone(),
+        };
+        let feature_shape = g.node("Shape", &[&feature_values], &[]);
         let two = g.vec_i64(&[2]);
         let four = g.vec_i64(&[4]);
         let hw = g.node("Slice", &[&feature_shape, &two, &four], &[]);
@@ -164,9 +170,11 @@ impl Writer<'_> {
         &mut self,
         arch: &Architecture,
         cfg: &ExperimentConfig,
-        features: &str,
+        features: &Value,
         proposals: &str,
     ) -> Result<(String, String)> {
+        let features = self.float_of(features);
+        let features = features.as_str();
         let roi = &cfg.model.roi;
         let scale = 1.0 / cfg.model.feature_stride as f32;
         let g = &mut self.g;
@@ -219,13 +227,10 @@ impl Writer<'_> {
                 )
             }
         };
-        let mut hidden = pooled;
-        for layer in &arch.head {
-            hidden = self.layer(layer, &hidden)?;
-        }
-        let logits = self.layer(&arch.cls_score, &hidden)?;
+        let hidden = self.sequence(&arch.head, Value::Float(pooled))?;
+        let logits = self.predictor(&arch.cls_score, &hidden)?;
         let logits = self.g.rename(&logits, STAGES[5]);
-        let deltas = self.layer(&arch.bbox_pred, &hidden)?;
+        let deltas = self.predictor(&arch.bbox_pred, &hidden)?;
         let deltas = self.g.rename(&deltas, STAGES[6]);
         Ok((logits, deltas))
     }

@@ -1,6 +1,8 @@
 //! The weights as initializers: float tensors as they are, quantized ones as their packed
-//! b-bit codes and alpha, decoded in the graph through the level tables.
+//! b-bit codes and alpha, decoded in the graph through the level tables (to float
+//! `alpha * level`, or for the int8 export to the integers `level / unit`).
 use super::graph::Attr;
+use super::int8::{int8_refusal, int8_unit};
 use super::Writer;
 use crate::deploy::format::{ALPHA_SUFFIX, CODES_SUFFIX};
 use crate::detect::architecture::Weighted;
@@ -43,6 +45,24 @@ impl Writer<'_> {
     /// `alpha * level(field)` for every packed field of `name`, reshaped to `shape`: the
     /// graph's copy of [`crate::quant::unpack`] followed by the dequantization.
     fn quantized_weight(&mut self, name: &str, shape: &[i64]) -> Result<String> {
+        Ok(self.decoded_weight(name, shape, false)?.0)
+    }
+
+    /// The int8 integers `level(field) / unit` of `name`, reshaped to `shape`, and their
+    /// scale `alpha * unit` (`unit` the smallest nonzero level): exactly Q(W).
+    pub(super) fn int8_weight(&mut self, name: &str, shape: &[i64]) -> Result<(String, f64)> {
+        let (values, scale) = self.decoded_weight(name, shape, true)?;
+        Ok((values, scale.expect("an int8 weight has a scale")))
+    }
+
+    /// A quantized weight decoded in the graph: to float (scale none), or to int8 with
+    /// its scale.
+    fn decoded_weight(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        int8: bool,
+    ) -> Result<(String, Option<f64>)> {
         let layer = self
             .file
             .meta
@@ -62,10 +82,17 @@ impl Writer<'_> {
             "layer {name}: {} bytes of codes for {numel} weights at {bits} bits",
             packed.data.len()
         );
-        let table = self.field_table(&packed.levels, packed.bits);
+        let scale = if int8 {
+            let unit = int8_unit(&packed.levels)
+                .with_context(|| int8_refusal(name, packed.bits))?;
+            Some(f64::from(packed.alpha) * unit)
+        } else {
+            None
+        };
+        let table = self.field_table(&packed.levels, packed.bits, int8);
         let g = &mut self.g;
         let codes = g.u8s_named(&format!("{name}{CODES_SUFFIX}"), &packed.data);
-        let alpha = g.f32_named(&format!("{name}{ALPHA_SUFFIX}"), &[], &[packed.alpha]);
+        let alpha = (!int8).then(|| g.f32_named(&format!("{name}{ALPHA_SUFFIX}"), &[], &[packed.alpha]));
         // Zero bytes up to whole groups, and one more when fields straddle bytes, so that
         // the last byte has a next one.
         let padded = group_bytes + usize::from(!layout.byte_aligned());
@@ -79,7 +106,10 @@ impl Writer<'_> {
         };
         // int32 indices: the folded intermediates are what loading costs.
         let bytes = g.cast(&bytes, DataType::INT32);
-        let scaled = g.node("Mul", &[&table, &alpha], &[]);
+        let scaled = match alpha {
+            Some(alpha) => g.node("Mul", &[&table, &alpha], &[]),
+            None => table,
+        };
         let values = if layout.byte_aligned() {
             // Each byte holds whole fields: its row of the table holds their levels.
             g.node("Gather", &[&scaled, &bytes], &[])
@@ -120,19 +150,19 @@ impl Writer<'_> {
         };
         let dims = g.vec_i64(shape);
         let weight = g.node("Reshape", &[&values, &dims], &[]);
-        Ok(g.rename(&weight, name))
+        Ok((g.rename(&weight, name), scale))
     }
 
     /// The levels of the fields a byte (fields that do not straddle bytes: `[256, 8/b]`)
     /// or a 16-bit window holds (`[fields * 65536]`, row j for the field starting at bit
     /// `j*b mod 8` of its first byte), computed in the graph from the `2^b`-entry level
     /// table: nothing this size is stored.
-    fn field_table(&mut self, levels: &crate::quant::LevelSet, bits: u32) -> String {
-        let key = format!("{levels:?}/{bits}/fields");
+    fn field_table(&mut self, levels: &crate::quant::LevelSet, bits: u32, int8: bool) -> String {
+        let key = format!("{levels:?}/{bits}/fields/{int8}");
         if let Some(name) = self.level_tables.get(&key) {
             return name.clone();
         }
-        let levels = self.level_table(levels, bits);
+        let levels = self.level_table(levels, bits, int8);
         let layout = FieldLayout::new(i64::from(bits));
         let g = &mut self.g;
         let windows = if layout.byte_aligned() { 256 } else { WINDOWS };
@@ -164,9 +194,10 @@ impl Writer<'_> {
     }
 
     /// The float value of every b-bit field: a two's-complement code's signed level
-    /// magnitude (fields outside the level set never occur; they map to 0).
-    fn level_table(&mut self, levels: &crate::quant::LevelSet, bits: u32) -> String {
-        let key = format!("{levels:?}/{bits}");
+    /// magnitude (fields outside the level set never occur; they map to 0); for int8,
+    /// that magnitude over the smallest one, as int8.
+    fn level_table(&mut self, levels: &crate::quant::LevelSet, bits: u32, int8: bool) -> String {
+        let key = format!("{levels:?}/{bits}/{int8}");
         if let Some(name) = self.level_tables.get(&key) {
             return name.clone();
         }
@@ -189,7 +220,17 @@ impl Writer<'_> {
                 }
             })
             .collect();
-        let name = self.g.f32s(&[table.len() as i64], &table);
+        let dims = [table.len() as i64];
+        let name = match int8_unit(levels).filter(|_| int8) {
+            Some(unit) => {
+                let integers: Vec<i8> = table
+                    .iter()
+                    .map(|&v| (f64::from(v) / unit).round() as i8)
+                    .collect();
+                self.g.i8s(&dims, &integers)
+            }
+            None => self.g.f32s(&dims, &table),
+        };
         self.level_tables.insert(key, name.clone());
         name
     }
