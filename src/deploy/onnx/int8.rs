@@ -213,6 +213,11 @@ impl Writer<'_> {
         }
     }
 
+    /// Records `float` as the float value of `q` (after a rename).
+    pub(super) fn set_float_of(&mut self, q: &Quantized, float: String) {
+        self.int8().dequantized.insert(q.name.clone(), float);
+    }
+
     fn dequantize(&mut self, q: &Quantized) -> String {
         let scale = self.g.f32s(&[], &[q.scale]);
         let zero_point = self.g.u8s(&[], &[q.zero_point]);

@@ -202,7 +202,13 @@ impl Writer<'_> {
         let features = self.sequence(&arch.trunk, Value::Float(input.pixels.clone()))?;
         let features = match features {
             Value::Float(name) => Value::Float(self.g.rename(&name, STAGES[1])),
-            quantized => quantized,
+            Value::Quant(q) => {
+                // The float features (RoI pooling's input) carry the stage's name.
+                let float = self.float_of(&Value::Quant(q.clone()));
+                let float = self.g.rename(&float, STAGES[1]);
+                self.set_float_of(&q, float);
+                Value::Quant(q)
+            }
         };
         let proposals = self.proposals(arch, cfg, &features, &input)?;
         let (logits, deltas) = self.box_head(arch, cfg, &features, &proposals)?;
