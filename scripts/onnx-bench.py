@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Images/s of an ONNX model written by `lbwnet export --onnx` in onnxruntime (CPU).
 
-    scripts/onnx-bench.py MODEL.onnx IMAGES.npz [--threads N] [--repeats R]
+    scripts/onnx-bench.py MODEL.onnx IMAGES.npz [--threads N] [--repeats R] [--output NAME]
+        [--against MODEL2.onnx ...]
 
 IMAGES.npz holds decoded RGB images (uint8 [H, W, 3], any names). After one warm-up pass
 over all of them, R timed passes; prints one JSON line: the session's load time in ms
 (onnxruntime decodes the packed weights then), the images/s of every pass and their
-median, and the threads used (0: onnxruntime's default, one per physical core).
+median, and the threads used (0: onnxruntime's default, one per physical core). With
+--output, only the graph up to that named value is run (e.g. `features`: the backbone),
+as onnxruntime runs only the nodes a requested output needs. With --against, the models
+are timed in turn, pass by pass, and one line is printed per model in the order given.
 `lbwnet bench detect` runs this next to its own timing.
 """
 import argparse
@@ -15,6 +19,7 @@ import statistics
 import time
 
 import numpy as np
+import onnx
 import onnxruntime
 
 
@@ -24,6 +29,9 @@ def main():
     parser.add_argument("images")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", help="time up to this named value only")
+    parser.add_argument("--against", nargs="*", default=[],
+                        help="more models, timed pass for pass in turn with the first")
     args = parser.parse_args()
 
     archive = np.load(args.images)
@@ -32,25 +40,41 @@ def main():
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    start = time.perf_counter()
-    session = onnxruntime.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
-    load_ms = (time.perf_counter() - start) * 1e3
+    fetch = [args.output] if args.output else None
 
-    def one_pass():
+    def load(path):
+        start = time.perf_counter()
+        model = path
+        if args.output:
+            graph = onnx.load(path)
+            graph.graph.output.append(onnx.ValueInfoProto(name=args.output))
+            model = graph.SerializeToString()
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return session, (time.perf_counter() - start) * 1e3
+
+    def one_pass(session):
         start = time.perf_counter()
         for image in images:
-            session.run(None, {"image": image})
+            session.run(fetch, {"image": image})
         return len(images) / (time.perf_counter() - start)
 
-    one_pass()
-    rates = [one_pass() for _ in range(args.repeats)]
-    print(json.dumps({
-        "load_ms": load_ms,
-        "images_per_s": statistics.median(rates),
-        "passes": rates,
-        "threads": args.threads,
-        "onnxruntime": onnxruntime.__version__,
-    }))
+    sessions = [load(path) for path in [args.model, *args.against]]
+    for session, _ in sessions:
+        one_pass(session)
+    # The models alternate pass by pass, so that a shared machine's slow spells fall on
+    # all of them alike.
+    rates = [[] for _ in sessions]
+    for _ in range(args.repeats):
+        for (session, _), mine in zip(sessions, rates):
+            mine.append(one_pass(session))
+    for (_, load_ms), mine in zip(sessions, rates):
+        print(json.dumps({
+            "load_ms": load_ms,
+            "images_per_s": statistics.median(mine),
+            "passes": mine,
+            "threads": args.threads,
+            "onnxruntime": onnxruntime.__version__,
+        }))
 
 
 if __name__ == "__main__":

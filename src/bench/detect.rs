@@ -2,13 +2,14 @@
 //! evaluation mode, load times, and the model file's size against the checkpoint; then
 //! the exported model from decoded pixels (resize and normalization included) against the
 //! same model exported as ONNX in onnxruntime, one thread and all threads.
-use super::onnxruntime::{time_onnxruntime, OnnxruntimeTiming};
+use super::onnxruntime::{quantize_static, time_onnxruntime, OnnxruntimeTiming};
 use super::{elapsed_ms, median};
 use crate::config::{ExperimentConfig, SplitRole};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{load_sample, LoaderConfig};
 use crate::data::transforms::decode_rgb_annotated;
-use crate::deploy::onnx::export_onnx;
+use crate::deploy::calibrate::calibrate_file;
+use crate::deploy::onnx::{export_onnx, export_onnx_int8, STAGES};
 use crate::deploy::{export_run, DeployedModel, ModelFile};
 use crate::detect::faster_rcnn::FasterRcnn;
 use crate::detect::image_list::ImageBatch;
@@ -34,6 +35,37 @@ pub struct DetectOptions {
     pub device: Device,
     /// The Python with onnxruntime to time the ONNX export in; none: not timed.
     pub onnxruntime_python: Option<PathBuf>,
+    /// Also time the int8 export (and onnxruntime's `quantize_static` of the float one)
+    /// against the float export.
+    pub int8: Option<Int8BenchOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Int8BenchOptions {
+    /// Training images that calibrate both int8 models.
+    pub calibration_images: usize,
+    /// Time onnxruntime's `quantize_static` of the float export too.
+    pub quantize_static: bool,
+}
+
+/// One ONNX model of the int8 comparison, timed whole and up to the trunk's features.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnnxVariant {
+    /// `float` (`export --onnx`), `int8` (`export --onnx --int8`) or `quantize_static`
+    /// (onnxruntime's quantizer on the float export).
+    pub variant: String,
+    pub file_bytes: u64,
+    /// One thread, then onnxruntime's default.
+    pub whole: Vec<OnnxruntimeTiming>,
+    /// The same, up to the `features` value (the backbone, preprocessing included).
+    pub backbone: Vec<OnnxruntimeTiming>,
+}
+
+/// The int8 models against the float export.
+#[derive(Debug, Clone, Serialize)]
+pub struct Int8Comparison {
+    pub calibration_images: usize,
+    pub variants: Vec<OnnxVariant>,
 }
 
 /// What `lbwnet bench detect` measured: the exported model against the training-time
@@ -74,6 +106,8 @@ pub struct DetectTiming {
     pub onnxruntime: Vec<OnnxruntimeTiming>,
     /// Why onnxruntime was not timed, when it was not.
     pub onnxruntime_skipped: Option<String>,
+    /// With `--int8`: the int8 exports against the float one.
+    pub int8: Option<Int8Comparison>,
     /// Hardware threads of the machine.
     pub machine_threads: usize,
 }
@@ -107,16 +141,17 @@ pub fn bench_detect(options: &DetectOptions) -> Result<DetectTiming> {
         *rate = pixel_rate(&loaded.deployed, &pictures, options.repeats)?;
     }
     tch::set_num_threads(threads);
-    let (onnx_file_bytes, onnxruntime, onnxruntime_skipped) = match &options.onnxruntime_python {
-        None => (None, Vec::new(), Some("--no-onnxruntime".to_string())),
-        Some(python) => match time_onnx(&file, &pictures, python, options.repeats, tmp.path()) {
-            Ok((bytes, timings)) => (Some(bytes), timings, None),
-            Err(e) => {
-                tracing::warn!("onnxruntime not timed: {e:#}");
-                (None, Vec::new(), Some(format!("{e:#}")))
-            }
-        },
-    };
+    let (onnx_file_bytes, onnxruntime, int8, onnxruntime_skipped) =
+        match &options.onnxruntime_python {
+            None => (None, Vec::new(), None, Some("--no-onnxruntime".to_string())),
+            Some(python) => match time_onnx(&file, &cfg, &pictures, python, options, tmp.path()) {
+                Ok((float, int8)) => (Some(float.file_bytes), float.whole, int8, None),
+                Err(e) => {
+                    tracing::warn!("onnxruntime not timed: {e:#}");
+                    (None, Vec::new(), None, Some(format!("{e:#}")))
+                }
+            },
+        };
     Ok(DetectTiming {
         run: run_dir.to_path_buf(),
         model_file: options.model.clone(),
@@ -138,6 +173,7 @@ pub fn bench_detect(options: &DetectOptions) -> Result<DetectTiming> {
         onnx_file_bytes,
         onnxruntime,
         onnxruntime_skipped,
+        int8,
         machine_threads,
     })
 }
@@ -160,16 +196,16 @@ fn pixel_rate(model: &DeployedModel, pictures: &[RgbImage], repeats: usize) -> R
 }
 
 /// The model file exported as ONNX into `tmp` and timed in onnxruntime on `pictures`
-/// with one thread and with all: the ONNX file's size and the two timings.
+/// with one thread and with all; with `options.int8`, the int8 exports too, and every
+/// model (the float one included) timed up to its features as well.
 fn time_onnx(
     file: &ModelFile,
+    cfg: &ExperimentConfig,
     pictures: &[RgbImage],
     python: &Path,
-    repeats: usize,
+    options: &DetectOptions,
     tmp: &Path,
-) -> Result<(u64, Vec<OnnxruntimeTiming>)> {
-    let onnx = tmp.join("model.onnx");
-    let summary = export_onnx(file, &file.config(&[])?, &onnx)?;
+) -> Result<(OnnxVariant, Option<Int8Comparison>)> {
     let images = tmp.join("images.npz");
     let tensors: Vec<(String, Tensor)> = pictures
         .iter()
@@ -181,11 +217,62 @@ fn time_onnx(
         })
         .collect();
     Tensor::write_npz(&tensors, &images).context("writing the test images for onnxruntime")?;
-    let timings = [1, 0]
-        .into_iter()
-        .map(|threads| time_onnxruntime(python, &onnx, &images, threads, repeats, tmp))
+    let onnx = tmp.join("model.onnx");
+    export_onnx(file, &file.config(&[])?, &onnx)?;
+    let mut models = vec![("float", onnx.clone())];
+    let mut calibration_images = 0;
+    if let Some(int8) = &options.int8 {
+        let int8_onnx = tmp.join("model-int8.onnx");
+        let calibration = calibrate_file(file, int8.calibration_images, None)?;
+        calibration_images = calibration.images;
+        export_onnx_int8(file, &file.config(&[])?, &calibration, &int8_onnx)?;
+        models.push(("int8", int8_onnx));
+        if int8.quantize_static {
+            let generic = tmp.join("model-quantize-static.onnx");
+            let count = int8.calibration_images;
+            quantize_static(python, &onnx, &generic, &cfg.data.root, count, tmp)?;
+            models.push(("quantize_static", generic));
+        }
+    }
+    // All models in one run per thread count and output, pass by pass in turn.
+    let paths: Vec<&Path> = models.iter().map(|(_, p)| p.as_path()).collect();
+    let time = |output: Option<&str>| -> Result<Vec<Vec<OnnxruntimeTiming>>> {
+        let by_threads = [1, 0]
+            .into_iter()
+            .map(|threads| {
+                time_onnxruntime(python, &paths, &images, threads, options.repeats, output, tmp)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // [threads][model] -> [model][threads]
+        Ok((0..paths.len())
+            .map(|m| by_threads.iter().map(|t| t[m].clone()).collect())
+            .collect())
+    };
+    let whole = time(None)?;
+    let backbone = if options.int8.is_some() {
+        time(Some(STAGES[1]))?
+    } else {
+        vec![Vec::new(); paths.len()]
+    };
+    let variants = models
+        .iter()
+        .zip(whole)
+        .zip(backbone)
+        .map(|(((name, path), whole), backbone)| {
+            Ok(OnnxVariant {
+                variant: name.to_string(),
+                file_bytes: std::fs::metadata(path)?.len(),
+                whole,
+                backbone,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
-    Ok((summary.file_bytes, timings))
+    let float = variants[0].clone();
+    let int8 = options.int8.as_ref().map(|_| Int8Comparison {
+        calibration_images,
+        variants,
+    });
+    Ok((float, int8))
 }
 
 /// The model file to time: the given one, or the checkpoint exported into `tmp`.
@@ -391,6 +478,47 @@ impl DetectTiming {
         }
         if let Some(reason) = &self.onnxruntime_skipped {
             out += &format!("\nonnxruntime not timed: {reason}\n");
+        }
+        if let Some(int8) = &self.int8 {
+            out += &int8.table();
+        }
+        out
+    }
+}
+
+impl Int8Comparison {
+    /// images/s of every model, whole and backbone, and the ratios to the float export's.
+    fn table(&self) -> String {
+        let mut out = format!(
+            "\nint8 against the float export (calibrated on {} training images), images/s:\n\n| model | file | threads | whole | x float | backbone | x float |\n|:--|--:|--:|--:|--:|--:|--:|\n",
+            self.calibration_images
+        );
+        let float = &self.variants[0];
+        for v in &self.variants {
+            for (i, whole) in v.whole.iter().enumerate() {
+                let threads = if whole.threads == 0 {
+                    "default".to_string()
+                } else {
+                    whole.threads.to_string()
+                };
+                let ratio = |mine: &[OnnxruntimeTiming], float: &[OnnxruntimeTiming]| match (
+                    mine.get(i),
+                    float.get(i),
+                ) {
+                    (Some(m), Some(f)) => (
+                        format!("{:.2}", m.images_per_s),
+                        format!("{:.2}", m.images_per_s / f.images_per_s),
+                    ),
+                    _ => ("-".into(), "-".into()),
+                };
+                let (whole_rate, whole_ratio) = ratio(&v.whole, &float.whole);
+                let (backbone_rate, backbone_ratio) = ratio(&v.backbone, &float.backbone);
+                out += &format!(
+                    "| {} | {:.2} MB | {threads} | {whole_rate} | {whole_ratio} | {backbone_rate} | {backbone_ratio} |\n",
+                    v.variant,
+                    v.file_bytes as f64 / 1e6
+                );
+            }
         }
         out
     }

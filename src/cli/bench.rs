@@ -1,7 +1,7 @@
 //! `lbwnet bench <target>`: benchmarks, one subcommand per target.
 use super::ConfigArgs;
 use crate::bench::breakdown::bench_breakdown;
-use crate::bench::detect::{bench_detect, DetectOptions};
+use crate::bench::detect::{bench_detect, DetectOptions, Int8BenchOptions};
 use crate::bench::inference::{bench_inference, InferenceOptions};
 use crate::bench::loader::bench_loader;
 use crate::bench::quantizers::{bench_quantizers, BenchOptions};
@@ -64,6 +64,17 @@ pub struct DetectBenchArgs {
     /// Do not export to ONNX and time onnxruntime.
     #[arg(long, conflicts_with = "python")]
     pub no_onnxruntime: bool,
+    /// Also export with --int8 and time it against the float export, whole and up to the
+    /// backbone's features.
+    #[arg(long, conflicts_with = "no_onnxruntime")]
+    pub int8: bool,
+    /// Training images that calibrate the int8 models.
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "int8")]
+    pub calibration_images: usize,
+    /// With --int8: time onnxruntime's own `quantize_static` of the float export too (the
+    /// generic route), calibrated on the same number of training images.
+    #[arg(long, requires = "int8")]
+    pub quantize_static: bool,
     /// Print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -236,6 +247,10 @@ fn run_detect(args: DetectBenchArgs) -> Result<()> {
         onnxruntime_python: (!args.no_onnxruntime).then(|| {
             args.python
                 .unwrap_or_else(crate::bench::onnxruntime::default_python)
+        }),
+        int8: args.int8.then_some(Int8BenchOptions {
+            calibration_images: args.calibration_images,
+            quantize_static: args.quantize_static,
         }),
     };
     emit(&bench_detect(&options)?, args.json, |t| t.table())
