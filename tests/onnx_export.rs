@@ -6,51 +6,18 @@
 //! `lbwnet detect` and `eval --model`.
 mod common;
 
-use common::{config_under, lbwnet_fails, lbwnet_ok, path_arg};
-use image::RgbImage;
+use common::onnx::{
+    check, listing, parse_detections, picture, python, random_config, random_model, repo,
+    run_python, trained_model, Found,
+};
+use common::{lbwnet_fails, lbwnet_ok, path_arg};
 use lbwnet::config::ExperimentConfig;
 use lbwnet::deploy::format::ModelFile;
 use lbwnet::deploy::model::{decode_weights, DeployedModel};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
-
-/// The project's Python environment (`make setup`): onnx, onnxruntime, numpy, pillow.
-fn python() -> PathBuf {
-    let env = std::env::var_os("LBWNET_TORCH_ENV").map_or_else(
-        || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lbwnet/torch-2.11.0"),
-        PathBuf::from,
-    );
-    env.join("bin/python")
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// Runs the Python environment on `args`, which must succeed; its stdout.
-fn run_python(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python().display()));
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn check(args: &[&str]) -> Value {
-    let check = repo("tests/onnx_check.py");
-    let mut all = vec![check.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = run_python(&all);
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"))
-}
 
 /// `lbwnet export --model lbw --onnx onnx args`, then the checker and size rules.
 fn export_onnx(lbw: &Path, onnx: &Path, args: &[&str]) -> Value {
@@ -116,77 +83,6 @@ fn write_stages(lbw: &Path, overrides: &[String], image: &Path, npz: &Path) {
         ));
     }
     Tensor::write_npz(&tensors, npz).unwrap();
-}
-
-/// A config for a model with random weights (never trained): `backbone` and its sizes.
-/// `quant` is the config's `quant` mapping, e.g. `{bits: 4, method: lbw}`.
-fn random_config(root: &Path, model: &str, quant: &str) -> ExperimentConfig {
-    let yaml = format!(
-        r#"
-name: random
-data:
-  min_size: 120
-  max_size: 160
-  synthetic: {{train: 4, test: 2, seed: 3, width: 160, height: 120}}
-model:
-{model}
-quant: {quant}
-train:
-  device: cpu
-  threads: 2
-"#
-    );
-    config_under(root, &yaml)
-}
-
-/// A run directory holding `cfg` and freshly initialized weights (seeded), exported as
-/// `.lbw`; its path.
-fn random_model(root: &Path, cfg: &ExperimentConfig, name: &str) -> PathBuf {
-    // tch's RNG is global: one initialization at a time, so the weights are the seed's.
-    static SEEDED: Mutex<()> = Mutex::new(());
-    let _one = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(11);
-    let classes = cfg.data.synthetic.as_ref().unwrap().shapes.len();
-    let (vs, _model) = lbwnet::train::setup::build_model(cfg, classes, Device::Cpu, false).unwrap();
-    // Each residual branch's last norm scaled down (as zero-init-residual schemes do), so
-    // that a random ResNet's activations stay of order one and its RPN proposes many boxes.
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            if name.ends_with("bn3.weight") {
-                let _ = var.g_mul_scalar_(0.2);
-            }
-        }
-    });
-    let run = root.join(name);
-    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-    std::fs::write(run.join("config.yaml"), cfg.to_yaml().unwrap()).unwrap();
-    let weights = run.join("checkpoints").join("random.safetensors");
-    vs.save(&weights).unwrap();
-    let lbw = root.join(format!("{name}.lbw"));
-    lbwnet_ok(&[
-        "-q",
-        "export",
-        "--run",
-        path_arg(&run),
-        "--checkpoint",
-        path_arg(&weights),
-        "--out",
-        path_arg(&lbw),
-    ]);
-    lbw
-}
-
-/// A deterministic test picture with edges and texture (any content serves random weights).
-fn picture(path: &Path, width: u32, height: u32) {
-    let image = RgbImage::from_fn(width, height, |x, y| {
-        let v = |k: u32| ((x * k + y * (k + 3) + (x * y) % 29) % 256) as u8;
-        image::Rgb([
-            v(3),
-            v(5),
-            if (x / 20 + y / 20) % 2 == 0 { 40 } else { 210 },
-        ])
-    });
-    image.save(path).unwrap();
 }
 
 /// A random-weight 4-bit model of `backbone` (at the configs' small input size, score
@@ -306,39 +202,6 @@ fn pooling_variants_bit_widths_and_quantizers_match_lbwnet_and_the_fixtures() {
     }
 }
 
-/// A small model trained briefly (seconds) at `bits`: enough for detections above the
-/// default score threshold of 0.05 and a non-trivial mAP. The images are resized (x1.2),
-/// so the graph's Resize is part of what is compared.
-fn trained_config(root: &Path, bits: u32) -> ExperimentConfig {
-    let yaml = format!(
-        r#"
-name: onnx{bits}
-data:
-  min_size: 180
-  max_size: 240
-  loader_threads: 1
-  synthetic: {{train: 40, test: 12, seed: 5, width: 200, height: 150}}
-model:
-  backbone: small
-  small_width: 16
-  anchor_sizes: [32, 64, 128]
-  rpn: {{channels: 64, pre_nms_top_n_test: 600, post_nms_top_n_test: 100}}
-  roi: {{batch_size_per_image: 64, head_hidden: 256}}
-quant: {{bits: {bits}, method: lbw}}
-train:
-  iterations: 120
-  lr: 0.02
-  lr_steps: [100]
-  warmup_iterations: 20
-  checkpoint_interval: 0
-  log_interval: 40
-  device: cpu
-  threads: 1
-"#
-    );
-    config_under(root, &yaml)
-}
-
 /// PNG copies (decoded by lbwnet's own image reader, so no JPEG decoder differs) of the
 /// test split's images; (id, path) in split order.
 fn png_copies(cfg: &ExperimentConfig, dir: &Path) -> Vec<(String, PathBuf)> {
@@ -352,39 +215,6 @@ fn png_copies(cfg: &ExperimentConfig, dir: &Path) -> Vec<(String, PathBuf)> {
             let png = dir.join(format!("{id}.png"));
             image::open(&jpeg).unwrap().to_rgb8().save(&png).unwrap();
             (id.to_string(), png)
-        })
-        .collect()
-}
-
-/// One detection of `lbwnet detect --json` / `scripts/onnx-detect.py`.
-#[derive(Debug, Clone)]
-struct Found {
-    class: String,
-    score: f64,
-    bbox: [f64; 4],
-}
-
-/// Per image (in input order): its size and detections, from JSON lines.
-fn parse_detections(stdout: &str) -> Vec<((u32, u32), Vec<Found>)> {
-    stdout
-        .lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            let size = (
-                v["width"].as_u64().unwrap() as u32,
-                v["height"].as_u64().unwrap() as u32,
-            );
-            let found = v["detections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| Found {
-                    class: d["class"].as_str().unwrap().to_string(),
-                    score: d["score"].as_f64().unwrap(),
-                    bbox: std::array::from_fn(|i| d["box"][i].as_f64().unwrap()),
-                })
-                .collect();
-            (size, found)
         })
         .collect()
 }
@@ -418,20 +248,7 @@ fn map_of(stdout: &[u8]) -> f64 {
 /// `lbwnet detect` image by image and with `eval --model` by mAP, then stage by stage.
 /// Works in `root`; returns the run directory.
 fn onnxruntime_reproduces_lbwnet_at(bits: u32, root: &Path) -> PathBuf {
-    let cfg = trained_config(root, bits);
-    // Trained by the binary: its RNG is its own, not shared with the other tests'.
-    let config = root.join("onnx.yaml");
-    std::fs::write(&config, cfg.to_yaml().unwrap()).unwrap();
-    lbwnet_ok(&["-q", "train", "--config", path_arg(&config)]);
-    let lbw = root.join("model.lbw");
-    lbwnet_ok(&[
-        "-q",
-        "export",
-        "--run",
-        path_arg(&cfg.run_dir()),
-        "--out",
-        path_arg(&lbw),
-    ]);
+    let (cfg, lbw) = trained_model(root, bits);
     let onnx = root.join("model.onnx");
     let summary = export_onnx(&lbw, &onnx, &[]);
     eprintln!("{bits}-bit: {summary}");
@@ -593,16 +410,6 @@ fn onnxruntime_reproduces_lbwnet_at_4_bits() {
 #[test]
 fn onnxruntime_reproduces_lbwnet_at_6_bits() {
     onnxruntime_reproduces_lbwnet_at(6, tempfile::tempdir().unwrap().path());
-}
-
-/// The names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! fixtures, reading checkpoint weights. Each test crate uses a subset.
 #![allow(dead_code)]
 pub mod fuzz;
+pub mod onnx;
 
 use serde_json::Value;
 use std::path::Path;
