@@ -240,7 +240,15 @@ fn time_onnx(
         let by_threads = [1, 0]
             .into_iter()
             .map(|threads| {
-                time_onnxruntime(python, &paths, &images, threads, options.repeats, output, tmp)
+                time_onnxruntime(
+                    python,
+                    &paths,
+                    &images,
+                    threads,
+                    options.repeats,
+                    output,
+                    tmp,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         // [threads][model] -> [model][threads]

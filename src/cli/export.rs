@@ -1,7 +1,7 @@
 //! `lbwnet export`: a training run's checkpoint as one packed low-bit model file, and a run or
 //! a model file as one ONNX graph with the same low-bit weights.
-use crate::deploy::export::run_model_file;
 use crate::deploy::calibrate::calibrate_file;
+use crate::deploy::export::run_model_file;
 use crate::deploy::onnx::{check_int8, export_onnx, export_onnx_int8};
 use crate::deploy::{export_run, ExportSummary, ModelFile};
 use anyhow::{bail, ensure, Result};

@@ -75,7 +75,8 @@ impl Calibration {
 }
 
 /// How a point's range becomes its uint8 scale.
-pub const RULE: &str = "min/max over the calibration images (zero point 0 where nothing is negative)";
+pub const RULE: &str =
+    "min/max over the calibration images (zero point 0 where nothing is negative)";
 
 /// Calibrates `file`'s model on `count` images of its training split (its config's data
 /// set, or the one at `data_root`), on the CPU.
@@ -147,9 +148,7 @@ pub fn calibrate(
             .first()
             .context("the detector returned no image")?;
         let (input, _) = model.network_input(image)?;
-        catch_panic(|| {
-            tch::no_grad(|| recorder.image(arch, cfg, &input.unsqueeze(0), proposals))
-        })?;
+        catch_panic(|| tch::no_grad(|| recorder.image(arch, cfg, &input.unsqueeze(0), proposals)))?;
     }
     Ok(recorder.ranges)
 }
@@ -169,7 +168,10 @@ impl Recorder<'_> {
         proposals: &Tensor,
     ) -> Result<()> {
         let features = self.run(&arch.trunk, input.shallow_clone())?;
-        let hidden = self.run(std::slice::from_ref(&arch.rpn_conv), features.shallow_clone())?;
+        let hidden = self.run(
+            std::slice::from_ref(&arch.rpn_conv),
+            features.shallow_clone(),
+        )?;
         let hidden = hidden.relu();
         self.record_inputs(&[&arch.rpn_objectness, &arch.rpn_deltas], &hidden);
         if proposals.size()[0] == 0 {
@@ -177,7 +179,10 @@ impl Recorder<'_> {
         }
         // All in image 0: `[K, 5]` rows of (batch index, box).
         let proposals = Tensor::cat(
-            &[proposals.zeros_like().narrow(1, 0, 1), proposals.shallow_clone()],
+            &[
+                proposals.zeros_like().narrow(1, 0, 1),
+                proposals.shallow_clone(),
+            ],
             1,
         );
         let proposals = &proposals;
@@ -213,7 +218,10 @@ impl Recorder<'_> {
         if t.numel() == 0 {
             return;
         }
-        let (min, max) = (t.min().double_value(&[]) as f32, t.max().double_value(&[]) as f32);
+        let (min, max) = (
+            t.min().double_value(&[]) as f32,
+            t.max().double_value(&[]) as f32,
+        );
         self.ranges
             .entry(point)
             .and_modify(|r| {

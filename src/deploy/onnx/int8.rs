@@ -94,15 +94,15 @@ fn uint8_params(range: Range) -> (f32, u8) {
 
 impl Writer<'_> {
     fn int8(&mut self) -> &mut Int8State {
-        self.int8.as_mut().expect("the int8 walker runs only for int8 exports")
+        self.int8
+            .as_mut()
+            .expect("the int8 walker runs only for int8 exports")
     }
 
     fn range(&mut self, point: &str) -> Result<Range> {
-        self.int8()
-            .ranges
-            .get(point)
-            .copied()
-            .with_context(|| format!("no calibrated range for {point} (no calibration image reached it)"))
+        self.int8().ranges.get(point).copied().with_context(|| {
+            format!("no calibrated range for {point} (no calibration image reached it)")
+        })
     }
 
     /// `layers` on `x`: in float unless this is an int8 export.
@@ -393,10 +393,7 @@ impl Writer<'_> {
         let nhw_shape = g.node("Shape", &[&cells], &[]);
         let rows = g.vec_i64(&[-1, channels]);
         let cells = g.node("Reshape", &[&cells, &rows], &[]);
-        let cells = Value::Quant(Quantized {
-            name: cells,
-            ..x
-        });
+        let cells = Value::Quant(Quantized { name: cells, ..x });
         let y = match self.qgemm(&cells, weight, &[out, channels], false)? {
             Value::Float(y) => y,
             Value::Quant(_) => bail!("a predictor's output is float"),
@@ -429,10 +426,21 @@ impl Writer<'_> {
 
 /// The weight scales as float32 (a zero scale, an all-zero channel, becomes 1: its
 /// weights are 0 either way) and the biases as int32 at `x_scale * w_scale`.
-fn int_bias(layer: &str, x_scale: f32, scales: &[f64], shifts: &[f64]) -> Result<(Vec<f32>, Vec<i32>)> {
+fn int_bias(
+    layer: &str,
+    x_scale: f32,
+    scales: &[f64],
+    shifts: &[f64],
+) -> Result<(Vec<f32>, Vec<i32>)> {
     let scales: Vec<f32> = scales
         .iter()
-        .map(|&s| if s == 0.0 || !s.is_finite() { 1.0 } else { s as f32 })
+        .map(|&s| {
+            if s == 0.0 || !s.is_finite() {
+                1.0
+            } else {
+                s as f32
+            }
+        })
         .collect();
     let bias = scales
         .iter()

@@ -153,7 +153,10 @@ fn build(
     writer.detector(&arch, cfg)?;
     let mut metadata = BTreeMap::new();
     if let Some(calibration) = calibration {
-        metadata.insert("int8".into(), serde_json::to_string(&calibration.summary())?);
+        metadata.insert(
+            "int8".into(),
+            serde_json::to_string(&calibration.summary())?,
+        );
     }
     metadata.insert("classes".into(), serde_json::to_string(&file.meta.classes)?);
     metadata.insert(

@@ -83,8 +83,8 @@ impl Writer<'_> {
             packed.data.len()
         );
         let scale = if int8 {
-            let unit = int8_unit(&packed.levels)
-                .with_context(|| int8_refusal(name, packed.bits))?;
+            let unit =
+                int8_unit(&packed.levels).with_context(|| int8_refusal(name, packed.bits))?;
             Some(f64::from(packed.alpha) * unit)
         } else {
             None
@@ -92,7 +92,8 @@ impl Writer<'_> {
         let table = self.field_table(&packed.levels, packed.bits, int8);
         let g = &mut self.g;
         let codes = g.u8s_named(&format!("{name}{CODES_SUFFIX}"), &packed.data);
-        let alpha = (!int8).then(|| g.f32_named(&format!("{name}{ALPHA_SUFFIX}"), &[], &[packed.alpha]));
+        let alpha =
+            (!int8).then(|| g.f32_named(&format!("{name}{ALPHA_SUFFIX}"), &[], &[packed.alpha]));
         // Zero bytes up to whole groups, and one more when fields straddle bytes, so that
         // the last byte has a next one.
         let padded = group_bytes + usize::from(!layout.byte_aligned());
