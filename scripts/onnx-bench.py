@@ -8,8 +8,8 @@ IMAGES.npz holds decoded RGB images (uint8 [H, W, 3], any names). After one warm
 over all of them, R timed passes; prints one JSON line: the session's load time in ms
 (onnxruntime decodes the packed weights then), the images/s of every pass and their
 median, and the threads used (0: onnxruntime's default, one per physical core). With
---output, only the graph up to that named value is run (e.g. `features`: the backbone),
-as onnxruntime runs only the nodes a requested output needs. With --against, the models
+--output, only the subgraph from `image` to that named value is run (e.g. `features`: the
+backbone, resize and normalization included). With --against, the models
 are timed in turn, pass by pass, and one line is printed per model in the order given.
 `lbwnet bench detect` runs this next to its own timing.
 """
@@ -21,6 +21,29 @@ import time
 import numpy as np
 import onnx
 import onnxruntime
+
+
+def up_to(model, output):
+    """`model` cut to the nodes, initializers and inputs that `output` depends on, with
+    `output` its only output (onnxruntime runs every node of a graph, wanted or not)."""
+    graph = model.graph
+    needed = {output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    if output not in {name for node in kept for name in node.output}:
+        raise SystemExit(f"error: {output} is not a value of the model")
+    kept.reverse()
+    initializers = [t for t in graph.initializer if t.name in needed]
+    inputs = [i for i in graph.input if i.name in needed]
+    del graph.node[:], graph.initializer[:], graph.input[:], graph.output[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(initializers)
+    graph.input.extend(inputs)
+    graph.output.append(onnx.ValueInfoProto(name=output))
+    return model
 
 
 def main():
@@ -46,9 +69,7 @@ def main():
         start = time.perf_counter()
         model = path
         if args.output:
-            graph = onnx.load(path)
-            graph.graph.output.append(onnx.ValueInfoProto(name=args.output))
-            model = graph.SerializeToString()
+            model = up_to(onnx.load(path), args.output).SerializeToString()
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return session, (time.perf_counter() - start) * 1e3
 
