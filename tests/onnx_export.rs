@@ -378,8 +378,9 @@ fn onnxruntime_reproduces_lbwnet_at(bits: u32, root: &Path) -> PathBuf {
 fn onnxruntime_reproduces_lbwnet_at_2_bits() {
     let dir = tempfile::tempdir().unwrap();
     let run = onnxruntime_reproduces_lbwnet_at(2, dir.path());
-    // The benchmark times the same model in onnxruntime next to ours (speed is not
-    // asserted: these machines are shared).
+    // The benchmark times the same model in onnxruntime next to ours, and its int8
+    // export and onnxruntime's quantize_static of the float one against the float export
+    // (speed is not asserted: these machines are shared).
     let out = lbwnet_ok(&[
         "-q",
         "bench",
@@ -390,16 +391,41 @@ fn onnxruntime_reproduces_lbwnet_at_2_bits() {
         "2",
         "--repeats",
         "1",
+        "--int8",
+        "--calibration-images",
+        "4",
+        "--quantize-static",
         "--json",
     ]);
     let timing: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let runs = timing["onnxruntime"].as_array().unwrap();
-    assert_eq!(runs.len(), 2, "{timing}");
-    assert_eq!(runs[0]["threads"], 1);
-    assert!(runs
-        .iter()
-        .all(|r| r["images_per_s"].as_f64().unwrap() > 0.0));
+    let positive_rates = |runs: &Value| {
+        let runs = runs.as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{timing}");
+        assert_eq!(runs[0]["threads"], 1);
+        assert_eq!(runs[1]["threads"], 0);
+        assert!(
+            runs.iter()
+                .all(|r| r["images_per_s"].as_f64().unwrap() > 0.0),
+            "{timing}"
+        );
+    };
+    positive_rates(&timing["onnxruntime"]);
     assert!(timing["onnx_file_bytes"].as_u64().unwrap() > 0);
+    let int8 = &timing["int8"];
+    assert_eq!(int8["calibration_images"], 4, "{timing}");
+    let variants = int8["variants"].as_array().unwrap();
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|v| v["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["float", "int8", "quantize_static"], "{timing}");
+    for variant in variants {
+        positive_rates(&variant["whole"]);
+        positive_rates(&variant["backbone"]);
+        assert!(variant["file_bytes"].as_u64().unwrap() > 0);
+    }
+    // The float variant is the float export timed above.
+    assert_eq!(variants[0]["whole"], timing["onnxruntime"]);
 }
 
 #[test]

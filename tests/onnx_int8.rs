@@ -126,15 +126,19 @@ fn int8_graphs_run_on_integer_kernels() {
     let root = dir.path();
     let image = root.join("picture.png");
     picture(&image, 150, 110);
-    for (name, model, quant) in [
-        ("small2", SMALL.to_string(), "{bits: 2, method: lbw}"),
-        ("small3", SMALL.to_string(), "{bits: 3, method: lbw}"),
-        ("small4", SMALL.to_string(), "{bits: 4, method: lbw}"),
-        ("resnet50", large("resnet50"), "{bits: 4, method: lbw}"),
-        ("vgg16", large("vgg16"), "{bits: 4, method: lbw}"),
-    ] {
+    // Every backbone at every bit-width int8 holds.
+    let models = [
+        ("small", SMALL.to_string()),
+        ("resnet50", large("resnet50")),
+        ("vgg16", large("vgg16")),
+    ];
+    for ((backbone, model), bits) in models.iter().flat_map(|m| [2, 3, 4].map(|bits| (m, bits))) {
+        let name = format!("{backbone}{bits}");
+        let name = name.as_str();
+        let quant = format!("{{bits: {bits}, method: lbw}}");
+        let quant = quant.as_str();
         let start = Instant::now();
-        let (lbw, onnx) = random_int8(root, name, &model, quant, |_| {});
+        let (lbw, onnx) = random_int8(root, name, model, quant, |_| {});
         let exported = seconds(start);
         let (convs, fcs, _) = quantized_layers(&lbw);
         let optimized = root.join(format!("{name}-optimized.onnx"));
