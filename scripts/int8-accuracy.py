@@ -11,17 +11,19 @@ range of every mAP and of the drops over its runs (seeds). Writes OUT/int8-accur
 and OUT/int8-accuracy.md (atomically) and prints the Markdown table.
 
     scripts/int8-accuracy.py RUN... --data ROOT --lbwnet BIN --out DIR [--calibration-images 200]
+        [--calibration-rule mean-min-max|min-max]
 
 ROOT is the runs' VOC-layout data set (its test split is scored, its trainval images
 calibrate onnxruntime's quantizer; `export --int8` reads the run's own config).
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from onnx_common import write_atomic
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -33,20 +35,14 @@ def run(command):
     return done.stdout
 
 
-def write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def measure(run_dir, args, work):
     """The three exports of one run, scored; one dict."""
     data = args.data
     float_onnx, int8_onnx, generic = work / "float.onnx", work / "int8.onnx", work / "qs.onnx"
     run([args.lbwnet, "-q", "export", "--run", run_dir, "--onnx", float_onnx])
     run([args.lbwnet, "-q", "export", "--run", run_dir, "--onnx", int8_onnx, "--int8",
-         "--calibration-images", args.calibration_images])
+         "--calibration-images", args.calibration_images,
+         "--calibration-rule", args.calibration_rule])
     run([sys.executable, SCRIPTS / "onnx-quantize-static.py", float_onnx, generic,
          "--calibration", data, "--count", args.calibration_images])
     lines = run([sys.executable, SCRIPTS / "onnx-map.py", float_onnx, int8_onnx, generic,
@@ -81,13 +77,14 @@ def summarize(rows):
     }
 
 
-def markdown(groups, calibration_images):
+def markdown(groups, calibration_images, rule):
     def cell(s, points=False):
         k = 100 if points else 1
         return f"{k * s['mean']:.{2 if points else 4}f} ({k * s['min']:.{2 if points else 4}f} to {k * s['max']:.{2 if points else 4}f})"
 
     out = [f"mAP (voc07) on the test split, mean (range) over the runs; drops in points; "
-           f"calibration {calibration_images} training images for both int8 models.", "",
+           f"calibration {calibration_images} training images for both int8 models "
+           f"(ours: {rule}; quantize_static: MinMax).", "",
            "| cell | runs | float activations | int8 (ours) | drop | quantize_static | drop | int8 matched / mean IoU |",
            "|:--|--:|--:|--:|--:|--:|--:|--:|"]
     for name, s in groups.items():
@@ -106,6 +103,8 @@ def main():
     parser.add_argument("--lbwnet", required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--calibration-rule", default="mean-min-max",
+                        help="export --int8's rule (quantize_static uses MinMax)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -118,11 +117,13 @@ def main():
     for row in rows:
         groups.setdefault(Path(row["run"]).name, []).append(row)
     summary = {name: summarize(group) for name, group in groups.items()}
-    table = markdown(summary, args.calibration_images)
+    table = markdown(summary, args.calibration_images, args.calibration_rule)
     write_atomic(args.out / "int8-accuracy.json",
                  json.dumps({"runs": rows, "cells": summary,
-                             "calibration_images": args.calibration_images}, indent=1) + "\n")
-    write_atomic(args.out / "int8-accuracy.md", table)
+                             "calibration_images": args.calibration_images,
+                             "calibration_rule": args.calibration_rule}, indent=1).encode()
+                 + b"\n")
+    write_atomic(args.out / "int8-accuracy.md", table.encode())
     print(table)
 
 

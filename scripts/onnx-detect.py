@@ -16,16 +16,8 @@ import sys
 
 import numpy as np
 import onnxruntime
-from PIL import Image, ImageOps
-
-
-def as_shown(image):
-    """`image` as a viewer shows it: its EXIF orientation applied (lbwnet detect's frame);
-    as stored when it has none or its EXIF block cannot be read."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # a damaged EXIF block, as lbwnet: the pixels as stored
-        return image
+from onnx_common import as_shown
+from PIL import Image
 
 
 def main():

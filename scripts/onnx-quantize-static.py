@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime
 from google.protobuf.message import DecodeError
@@ -45,23 +44,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
-from PIL import Image, ImageOps
-
-
-def as_shown(image):
-    """`image` as a viewer shows it: its EXIF orientation applied (lbwnet detect's frame);
-    as stored when it has none or its EXIF block cannot be read."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # a damaged EXIF block, as lbwnet: the pixels as stored
-        return image
-
-
-def read_rgb(path):
-    """The decoded RGB uint8 [H, W, 3] image the model takes, as onnx-detect.py reads it."""
-    with Image.open(path) as opened:
-        opened.load()
-        return np.asarray(as_shown(opened).convert("RGB"))
+from onnx_common import read_ids, read_rgb, write_atomic
 
 
 def calibration_paths(sources, count):
@@ -69,8 +52,7 @@ def calibration_paths(sources, count):
     paths = []
     for source in map(Path, sources):
         if source.is_dir():
-            text = (source / "ImageSets/Main/trainval.txt").read_text(encoding="utf-8-sig")
-            ids = [line.split()[0] for line in text.splitlines() if line.split()]
+            ids = read_ids(source, "trainval")
             paths.extend(source / "JPEGImages" / f"{image_id}.jpg" for image_id in ids)
         else:
             paths.append(source)
@@ -82,17 +64,6 @@ def calibration_paths(sources, count):
     if missing:
         raise ValueError(f"calibration images not found: {missing}")
     return paths
-
-
-def write_atomic(path, data):
-    """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Images(CalibrationDataReader):

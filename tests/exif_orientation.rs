@@ -6,6 +6,7 @@
 //! error naming the file.
 mod common;
 
+use common::onnx::run_python;
 use common::{config_under, lbwnet_ok, path_arg};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, Rgb, RgbImage};
@@ -15,7 +16,6 @@ use lbwnet::data::transforms::{decode_rgb, decode_rgb_annotated};
 use lbwnet::data::voc::VocDataset;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::Device;
 
 /// A TIFF block (what follows `Exif\0\0` in the APP1 segment) whose IFD0 holds one entry,
@@ -257,28 +257,6 @@ fn training_and_evaluation_images_take_the_frame_their_annotation_gives() {
             }
         }
     }
-}
-
-/// The project's Python environment (`make setup`): onnxruntime, numpy, pillow.
-fn python() -> PathBuf {
-    let env = std::env::var_os("LBWNET_TORCH_ENV").map_or_else(
-        || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lbwnet/torch-2.11.0"),
-        PathBuf::from,
-    );
-    env.join("bin/python")
-}
-
-fn run_python(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python().display()));
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Per input line of `detect --json` / `onnx-detect.py`: width, height and detections.

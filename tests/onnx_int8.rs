@@ -499,3 +499,41 @@ fn int8_refuses_what_int8_cannot_hold() {
     assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
     eprintln!("int8_refuses_what_int8_cannot_hold: {}", seconds(start));
 }
+
+#[test]
+fn calibration_rules_nest_and_agree_on_one_image() {
+    use lbwnet::deploy::calibrate::{calibrate_file, CalibrationRule};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = random_config(root, SMALL, "{bits: 4, method: lbw}");
+    let lbw = random_model(root, &cfg, "rules");
+    let file = ModelFile::read(&lbw).unwrap();
+    let rules = |images| {
+        [CalibrationRule::MinMax, CalibrationRule::MeanMinMax]
+            .map(|rule| calibrate_file(&file, images, None, rule).unwrap())
+    };
+    // Over several images the means of the per-image extremes lie within the extremes,
+    // strictly somewhere; on one image the two rules are the same.
+    let [widest, mean] = rules(4);
+    assert_eq!(widest.images, 4);
+    assert_eq!(
+        widest.ranges.keys().collect::<Vec<_>>(),
+        mean.ranges.keys().collect::<Vec<_>>()
+    );
+    let mut narrower = 0;
+    for (point, w) in &widest.ranges {
+        let m = mean.ranges[point];
+        assert!(
+            w.min <= m.min && m.max <= w.max,
+            "{point}: {m:?} not within {w:?}"
+        );
+        narrower += usize::from(w.min < m.min || m.max < w.max);
+    }
+    assert!(narrower > 0, "no range differs over 4 images");
+    let [widest, mean] = rules(1);
+    assert_eq!(widest.ranges, mean.ranges);
+    eprintln!(
+        "{} points, {narrower} narrower under mean-min-max",
+        widest.ranges.len()
+    );
+}

@@ -8,7 +8,7 @@ use crate::config::{ExperimentConfig, SplitRole};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{load_sample, LoaderConfig};
 use crate::data::transforms::decode_rgb_annotated;
-use crate::deploy::calibrate::calibrate_file;
+use crate::deploy::calibrate::{calibrate_file, CalibrationRule};
 use crate::deploy::onnx::{export_onnx, export_onnx_int8, STAGES};
 use crate::deploy::{export_run, DeployedModel, ModelFile};
 use crate::detect::faster_rcnn::FasterRcnn;
@@ -44,6 +44,8 @@ pub struct DetectOptions {
 pub struct Int8BenchOptions {
     /// Training images that calibrate both int8 models.
     pub calibration_images: usize,
+    /// The int8 export's calibration rule (onnxruntime's quantizer uses its MinMax).
+    pub calibration_rule: CalibrationRule,
     /// Time onnxruntime's `quantize_static` of the float export too.
     pub quantize_static: bool,
 }
@@ -223,7 +225,8 @@ fn time_onnx(
     let mut calibration_images = 0;
     if let Some(int8) = &options.int8 {
         let int8_onnx = tmp.join("model-int8.onnx");
-        let calibration = calibrate_file(file, int8.calibration_images, None)?;
+        let calibration =
+            calibrate_file(file, int8.calibration_images, None, int8.calibration_rule)?;
         calibration_images = calibration.images;
         export_onnx_int8(file, &file.config(&[])?, &calibration, &int8_onnx)?;
         models.push(("int8", int8_onnx));

@@ -9,6 +9,8 @@ use std::process::Command;
 
 const BENCH_SCRIPT: &str = include_str!("../../scripts/onnx-bench.py");
 const QUANTIZE_STATIC_SCRIPT: &str = include_str!("../../scripts/onnx-quantize-static.py");
+/// The module the quantizer script imports from its own folder.
+const COMMON_MODULE: &str = include_str!("../../scripts/onnx_common.py");
 
 /// One onnxruntime configuration's timing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +85,7 @@ pub fn quantize_static(
     count: usize,
     workdir: &Path,
 ) -> Result<()> {
+    script(workdir, "onnx_common.py", COMMON_MODULE)?;
     let mut command = Command::new(python);
     command
         .arg(script(

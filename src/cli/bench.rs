@@ -6,6 +6,7 @@ use crate::bench::inference::{bench_inference, InferenceOptions};
 use crate::bench::loader::bench_loader;
 use crate::bench::quantizers::{bench_quantizers, BenchOptions};
 use crate::bench::train_step::{bench_train_step, TrainStepOptions};
+use crate::deploy::calibrate::CalibrationRule;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -71,6 +72,9 @@ pub struct DetectBenchArgs {
     /// Training images that calibrate the int8 models.
     #[arg(long, value_name = "N", default_value_t = 20, requires = "int8")]
     pub calibration_images: usize,
+    /// The int8 export's calibration rule.
+    #[arg(long, value_enum, default_value_t = CalibrationRule::MeanMinMax, requires = "int8")]
+    pub calibration_rule: CalibrationRule,
     /// With --int8: time onnxruntime's own `quantize_static` of the float export too (the
     /// generic route), calibrated on the same number of training images.
     #[arg(long, requires = "int8")]
@@ -250,6 +254,7 @@ fn run_detect(args: DetectBenchArgs) -> Result<()> {
         }),
         int8: args.int8.then_some(Int8BenchOptions {
             calibration_images: args.calibration_images,
+            calibration_rule: args.calibration_rule,
             quantize_static: args.quantize_static,
         }),
     };

@@ -1,6 +1,6 @@
 //! `lbwnet export`: a training run's checkpoint as one packed low-bit model file, and a run or
 //! a model file as one ONNX graph with the same low-bit weights.
-use crate::deploy::calibrate::calibrate_file;
+use crate::deploy::calibrate::{calibrate_file, CalibrationRule};
 use crate::deploy::export::run_model_file;
 use crate::deploy::onnx::{check_int8, export_onnx, export_onnx_int8};
 use crate::deploy::{export_run, ExportSummary, ModelFile};
@@ -44,6 +44,9 @@ pub struct ExportArgs {
     /// int8 graph's scales.
     #[arg(long, value_name = "N", default_value_t = 200, requires = "int8")]
     pub calibration_images: usize,
+    /// How the calibration images' activations set each uint8 range.
+    #[arg(long, value_enum, default_value_t = CalibrationRule::MeanMinMax, requires = "int8")]
+    pub calibration_rule: CalibrationRule,
     /// The data set to calibrate on instead of the model config's `data.root` (same
     /// layout and classes).
     #[arg(long, value_name = "ROOT", requires = "int8")]
@@ -83,6 +86,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             &file,
             args.calibration_images,
             args.calibration_data.as_deref(),
+            args.calibration_rule,
         )?;
         export_onnx_int8(&file, &cfg, &calibration, onnx)?
     } else {

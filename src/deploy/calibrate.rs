@@ -1,9 +1,9 @@
 //! Activation ranges for the int8 ONNX export (`export --onnx --int8`): the detector run
 //! layer by layer in float, with the model file's decoded weights, on calibration images,
 //! recording the smallest and largest value at every point where the int8 graph
-//! quantizes an activation. The rule is the range over all calibration images (min/max):
-//! deterministic, and with the LBW weights exact the only approximation is the
-//! activations' rounding to 255 steps of that range.
+//! quantizes an activation, then a range per point by a [`CalibrationRule`]. With the LBW
+//! weights exact, the only approximation is the activations' rounding to 255 steps of
+//! that range (and their saturation outside it).
 use super::model::catch_panic;
 use super::{DeployedModel, ModelFile};
 use crate::config::{ExperimentConfig, Pooler, SplitRole};
@@ -53,6 +53,7 @@ pub fn sum_point(body: &[Layer]) -> String {
 pub struct Calibration {
     /// Calibration images used.
     pub images: usize,
+    pub rule: CalibrationRule,
     pub ranges: Ranges,
 }
 
@@ -60,7 +61,7 @@ pub struct Calibration {
 #[derive(Debug, Clone, Serialize)]
 pub struct CalibrationSummary {
     pub images: usize,
-    pub rule: &'static str,
+    pub rule: CalibrationRule,
     pub points: usize,
 }
 
@@ -68,15 +69,23 @@ impl Calibration {
     pub fn summary(&self) -> CalibrationSummary {
         CalibrationSummary {
             images: self.images,
-            rule: RULE,
+            rule: self.rule,
             points: self.ranges.len(),
         }
     }
 }
 
-/// How a point's range becomes its uint8 scale.
-pub const RULE: &str =
-    "min/max over the calibration images (zero point 0 where nothing is negative)";
+/// How the calibration images' values at a point become its range (its uint8 scale
+/// covers the range, with zero point 0 where nothing is negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CalibrationRule {
+    /// The smallest and largest value over all images.
+    MinMax,
+    /// The mean over the images of each image's smallest and largest value (rarer
+    /// extremes saturate; finer steps for the rest).
+    MeanMinMax,
+}
 
 /// Calibrates `file`'s model on `count` images of its training split (its config's data
 /// set, or the one at `data_root`), on the CPU.
@@ -84,6 +93,7 @@ pub fn calibrate_file(
     file: &ModelFile,
     count: usize,
     data_root: Option<&Path>,
+    rule: CalibrationRule,
 ) -> Result<Calibration> {
     let model = DeployedModel::from_file(file, Device::Cpu, &[])?;
     let arch = Architecture::of(&model.config, model.meta.classes.len())?;
@@ -92,9 +102,10 @@ pub fn calibrate_file(
         data_cfg.data.root = root.to_path_buf();
     }
     let images = calibration_images(&data_cfg, &model.meta.classes, count)?;
-    let ranges = calibrate(&model, &arch, &images)?;
+    let ranges = calibrate(&model, &arch, &images, rule)?;
     Ok(Calibration {
         images: images.len(),
+        rule,
         ranges,
     })
 }
@@ -132,6 +143,7 @@ pub fn calibrate(
     model: &DeployedModel,
     arch: &Architecture,
     images: &[RgbImage],
+    rule: CalibrationRule,
 ) -> Result<Ranges> {
     ensure!(!images.is_empty(), "no calibration images");
     let variables = model.vs.variables();
@@ -140,6 +152,9 @@ pub fn calibrate(
         ranges: Ranges::new(),
     };
     let cfg = &model.config;
+    // Per point: the sums of the per-image minima and maxima, and the images that reached it.
+    let mut totals: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    let mut overall = Ranges::new();
     for image in images {
         let (pass, _) = model.inference_pass(image, &cfg.eval)?;
         let proposals = pass
@@ -149,8 +164,38 @@ pub fn calibrate(
             .context("the detector returned no image")?;
         let (input, _) = model.network_input(image)?;
         catch_panic(|| tch::no_grad(|| recorder.image(arch, cfg, &input.unsqueeze(0), proposals)))?;
+        for (point, range) in std::mem::take(&mut recorder.ranges) {
+            let total = totals.entry(point.clone()).or_insert((0.0, 0.0, 0));
+            total.0 += f64::from(range.min);
+            total.1 += f64::from(range.max);
+            total.2 += 1;
+            merge(&mut overall, point, range);
+        }
     }
-    Ok(recorder.ranges)
+    Ok(match rule {
+        CalibrationRule::MinMax => overall,
+        CalibrationRule::MeanMinMax => totals
+            .into_iter()
+            .map(|(point, (min, max, n))| {
+                let range = Range {
+                    min: (min / n as f64) as f32,
+                    max: (max / n as f64) as f32,
+                };
+                (point, range)
+            })
+            .collect(),
+    })
+}
+
+/// Widens `point`'s range in `ranges` to cover `range`.
+fn merge(ranges: &mut Ranges, point: String, range: Range) {
+    ranges
+        .entry(point)
+        .and_modify(|r| {
+            r.min = r.min.min(range.min);
+            r.max = r.max.max(range.max);
+        })
+        .or_insert(range);
 }
 
 /// The float interpreter of [`Architecture`] that records the ranges.
@@ -222,13 +267,7 @@ impl Recorder<'_> {
             t.min().double_value(&[]) as f32,
             t.max().double_value(&[]) as f32,
         );
-        self.ranges
-            .entry(point)
-            .and_modify(|r| {
-                r.min = r.min.min(min);
-                r.max = r.max.max(max);
-            })
-            .or_insert(Range { min, max });
+        merge(&mut self.ranges, point, Range { min, max });
     }
 
     fn variable(&self, name: &str) -> Result<&Tensor> {

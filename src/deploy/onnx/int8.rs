@@ -407,19 +407,9 @@ impl Writer<'_> {
         Ok(g.node("Transpose", &[&y], &[("perm", Attr::Ints(&[0, 3, 1, 2]))]))
     }
 
-    /// A float tensor of the file with `count` values.
+    /// A float tensor of the file with `count` values, in float64.
     fn f32_values(&self, name: &str, count: usize) -> Result<Vec<f64>> {
-        let tensor = self
-            .file
-            .tensors
-            .get(name)
-            .with_context(|| format!("tensor {name} is missing"))?;
-        let values = tensor.to_f32().with_context(|| format!("tensor {name}"))?;
-        ensure!(
-            values.len() == count,
-            "tensor {name} has {} values, {count} expected",
-            values.len()
-        );
+        let values = self.file_f32(name, &[count as i64])?;
         Ok(values.into_iter().map(f64::from).collect())
     }
 }

@@ -12,6 +12,12 @@ use onnx_protobuf::tensor_proto::DataType;
 impl Writer<'_> {
     /// A float tensor of the file as an initializer of its own name, reshaped to `dims`.
     pub(super) fn float_param(&mut self, name: &str, dims: &[i64]) -> Result<String> {
+        let values = self.file_f32(name, dims)?;
+        Ok(self.g.f32_named(name, dims, &values))
+    }
+
+    /// The values of a float tensor of the file, which must hold `dims`' count.
+    pub(super) fn file_f32(&self, name: &str, dims: &[i64]) -> Result<Vec<f32>> {
         let tensor = self
             .file
             .tensors
@@ -23,7 +29,7 @@ impl Writer<'_> {
             "tensor {name} has {} values, {dims:?} expected",
             values.len()
         );
-        Ok(self.g.f32_named(name, dims, &values))
+        Ok(values)
     }
 
     /// A layer's weight (decoded in the graph when quantized) and bias.
