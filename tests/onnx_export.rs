@@ -7,8 +7,8 @@
 mod common;
 
 use common::onnx::{
-    check, listing, parse_detections, picture, python, random_config, random_model, repo,
-    run_python, trained_model, Found,
+    check, listing, narrow_random_model, parse_detections, picture, python, random_config,
+    random_model, repo, run_python, trained_model, Found,
 };
 use common::{lbwnet_fails, lbwnet_ok, path_arg};
 use lbwnet::config::ExperimentConfig;
@@ -442,14 +442,7 @@ fn onnxruntime_reproduces_lbwnet_at_6_bits() {
 fn bad_exports_fail_with_the_input_named_and_leave_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let cfg = random_config(
-        root,
-        "  backbone: small\n  small_width: 8",
-        "{bits: 4, method: lbw}",
-    );
-    let lbw = random_model(root, &cfg, "small");
-    let out_dir = root.join("out");
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let (cfg, lbw, out_dir) = narrow_random_model(root, "{bits: 4, method: lbw}", "small");
     let onnx = out_dir.join("model.onnx");
     let onnx_arg = path_arg(&onnx);
 

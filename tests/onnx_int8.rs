@@ -7,8 +7,8 @@
 mod common;
 
 use common::onnx::{
-    checker, listing, parse_detections, picture, random_config, random_model, random_model_with,
-    repo, run_python, trained_model,
+    checker, listing, narrow_random_model, parse_detections, picture, random_config, random_model,
+    random_model_with, repo, run_python, trained_model,
 };
 use common::{lbwnet, lbwnet_fails, lbwnet_ok, path_arg};
 use lbwnet::deploy::format::ModelFile;
@@ -407,14 +407,7 @@ fn int8_refuses_what_int8_cannot_hold() {
     let start = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let cfg = random_config(
-        root,
-        "  backbone: small\n  small_width: 8",
-        "{bits: 6, method: lbw}",
-    );
-    let six = random_model(root, &cfg, "six");
-    let out_dir = root.join("out");
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let (_, six, out_dir) = narrow_random_model(root, "{bits: 6, method: lbw}", "six");
     let onnx = out_dir.join("model.onnx");
     let onnx_arg = path_arg(&onnx);
 
@@ -476,12 +469,7 @@ fn int8_refuses_what_int8_cannot_hold() {
     std::fs::remove_file(&lbw).unwrap();
 
     // No calibration image: refused by name.
-    let cfg = random_config(
-        root,
-        "  backbone: small\n  small_width: 8",
-        "{bits: 4, method: lbw}",
-    );
-    let four = random_model(root, &cfg, "four");
+    let (_, four, _) = narrow_random_model(root, "{bits: 4, method: lbw}", "four");
     let stderr = lbwnet_fails(
         &[
             "export",

@@ -124,6 +124,21 @@ pub fn random_model_with(
     lbw
 }
 
+/// A random-weight small model (width 8) at `quant` under `root`, exported as
+/// `{name}.lbw` (for the refusal tests, whose outputs must not appear): its config, the
+/// file, and an empty folder `root/out` for those outputs.
+pub fn narrow_random_model(
+    root: &Path,
+    quant: &str,
+    name: &str,
+) -> (ExperimentConfig, PathBuf, PathBuf) {
+    let cfg = random_config(root, "  backbone: small\n  small_width: 8", quant);
+    let lbw = random_model(root, &cfg, name);
+    let out_dir = root.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    (cfg, lbw, out_dir)
+}
+
 /// A deterministic test picture with edges and texture (any content serves random weights).
 pub fn picture(path: &Path, width: u32, height: u32) {
     let image = RgbImage::from_fn(width, height, |x, y| {
