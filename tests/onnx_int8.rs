@@ -468,6 +468,22 @@ fn int8_refuses_what_int8_cannot_hold() {
     );
     std::fs::remove_file(&lbw).unwrap();
 
+    // A float model has no low-bit integers to keep.
+    let (_, float, _) = narrow_random_model(root, "{bits: 32}", "float");
+    let stderr = lbwnet_fails(
+        &[
+            "export",
+            "--model",
+            path_arg(&float),
+            "--onnx",
+            onnx_arg,
+            "--int8",
+        ],
+        "no quantized layer",
+    );
+    assert!(stderr.contains("--int8"), "{stderr}");
+    assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
+
     // No calibration image: refused by name.
     let (_, four, _) = narrow_random_model(root, "{bits: 4, method: lbw}", "four");
     let stderr = lbwnet_fails(

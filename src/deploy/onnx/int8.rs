@@ -54,11 +54,14 @@ impl Int8State {
     }
 }
 
-/// Refuses a model with a quantized layer whose levels do not fit int8 (LBW above 4 bits),
-/// naming the layer.
+/// Refuses a float model, and a model with a quantized layer whose levels do not fit int8
+/// (LBW above 4 bits), naming the layer.
 pub fn check_int8(file: &ModelFile) -> Result<()> {
-    let Some(quantizer) = &file.meta.quantizer else {
-        return Ok(());
+    let quantizer = match &file.meta.quantizer {
+        Some(quantizer) if !file.meta.layers.is_empty() => quantizer,
+        _ => bail!(
+            "--int8: the model has no quantized layer (a float model): its weights are not low-bit integers to keep exact; export it without --int8"
+        ),
     };
     for layer in &file.meta.layers {
         let levels = quantizer.levels(layer.bits)?;
