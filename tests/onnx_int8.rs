@@ -48,32 +48,27 @@ fn quantized_layers(lbw: &Path) -> (usize, usize, usize) {
     (convs, fcs, layers.len())
 }
 
-/// `lbwnet export --model lbw --onnx onnx --int8 --calibration-images images`.
-fn export_int8(lbw: &Path, onnx: &Path, images: usize) {
-    let images = images.to_string();
-    lbwnet_ok(&[
+/// `lbwnet export --model lbw --onnx onnx` with `extra` arguments.
+fn export(lbw: &Path, onnx: &Path, extra: &[&str]) {
+    let mut args = vec![
         "-q",
         "export",
         "--model",
         path_arg(lbw),
         "--onnx",
         path_arg(onnx),
-        "--int8",
-        "--calibration-images",
-        &images,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    lbwnet_ok(&args);
 }
 
-/// `lbwnet export --model lbw --onnx onnx` (the float graph).
-fn export_float(lbw: &Path, onnx: &Path) {
-    lbwnet_ok(&[
-        "-q",
-        "export",
-        "--model",
-        path_arg(lbw),
-        "--onnx",
-        path_arg(onnx),
-    ]);
+/// `lbwnet export --model lbw --onnx onnx --int8 --calibration-images images`.
+fn export_int8(lbw: &Path, onnx: &Path, images: usize) {
+    export(
+        lbw,
+        onnx,
+        &["--int8", "--calibration-images", &images.to_string()],
+    );
 }
 
 /// A random-weight model `name` under `root` at `quant` (the config's `quant` mapping),
@@ -168,6 +163,15 @@ fn int8_graphs_run_on_integer_kernels() {
             report["int8"],
             seconds(start)
         );
+        // The codes stay packed in the file: it is the `.lbw`'s size, not a byte a weight.
+        let (lbw_bytes, onnx_bytes) = (
+            std::fs::metadata(&lbw).unwrap().len(),
+            std::fs::metadata(&onnx).unwrap().len(),
+        );
+        assert!(
+            onnx_bytes as f64 <= 1.15 * lbw_bytes as f64,
+            "{name}: int8 ONNX {onnx_bytes} B against the .lbw's {lbw_bytes} B"
+        );
         assert_eq!(report["qlinearconv"], convs, "{name}: {report}");
         assert_eq!(report["qgemm"], fcs + 2, "{name}: {report}");
         for path in [&lbw, &onnx, &optimized] {
@@ -195,7 +199,7 @@ fn int8_integers_are_exact() {
             }
         });
         let float = root.join(format!("{name}-float.onnx"));
-        export_float(&lbw, &float);
+        export(&lbw, &float, &[]);
         let exported = seconds(start);
         let (convs, fcs, layers) = quantized_layers(&lbw);
 
@@ -299,7 +303,7 @@ fn int8_detections_track_the_float_export_and_onnx_detect_runs_them() {
     let (cfg, lbw) = trained_model(root, 4);
     let trained = seconds(all);
     let float = root.join("model.onnx");
-    export_float(&lbw, &float);
+    export(&lbw, &float, &[]);
     let start = Instant::now();
     let int8 = root.join("model-int8.onnx");
     export_int8(&lbw, &int8, 40);
