@@ -216,6 +216,34 @@ fn box_count(boxes: &Tensor, scores: &Tensor) -> i64 {
     n
 }
 
+/// What both device paths start from: the box count, the cap, the boxes in descending
+/// score order and the threshold as float32 compares it; none when nothing can be kept.
+struct DeviceNms {
+    n: i64,
+    max_keep: usize,
+    sorted: Sorted,
+    threshold: f64,
+}
+
+impl DeviceNms {
+    fn new(
+        boxes: &Tensor,
+        scores: &Tensor,
+        classes: Option<&Tensor>,
+        iou_threshold: f64,
+        max_keep: Option<usize>,
+    ) -> Option<Self> {
+        let n = box_count(boxes, scores);
+        let max_keep = max_keep.unwrap_or(usize::MAX);
+        (n > 0 && max_keep > 0).then(|| DeviceNms {
+            n,
+            max_keep,
+            sorted: Sorted::new(boxes, scores, classes),
+            threshold: f64::from(f32_threshold(iou_threshold)),
+        })
+    }
+}
+
 /// NMS through the pairwise suppression mask, as tensor ops on the boxes' device: boxes in
 /// descending score order (stable), `mask[i][j]` = box i suppresses box j (IoU with the
 /// CPU kernel's f32 operations and `std::max` / `std::min` semantics, same class), packed
@@ -230,13 +258,15 @@ pub fn suppression_mask_nms(
     max_keep: Option<usize>,
 ) -> Tensor {
     let device = boxes.device();
-    let n = box_count(boxes, scores);
-    let max_keep = max_keep.unwrap_or(usize::MAX);
-    if n == 0 || max_keep == 0 {
+    let Some(DeviceNms {
+        n,
+        max_keep,
+        sorted,
+        threshold,
+    }) = DeviceNms::new(boxes, scores, classes, iou_threshold, max_keep)
+    else {
         return Tensor::zeros([0], (Kind::Int64, device));
-    }
-    let sorted = Sorted::new(boxes, scores, classes);
-    let threshold = f64::from(f32_threshold(iou_threshold));
+    };
     let mut packed_rows = Vec::new();
     for start in (0..n).step_by(ROW_CHUNK as usize) {
         let rows = sorted.narrow(start, ROW_CHUNK.min(n - start));
@@ -273,13 +303,15 @@ pub fn blocked_nms(
 ) -> Tensor {
     assert!(block > 0, "nms: the block size must be positive");
     let device = boxes.device();
-    let n = box_count(boxes, scores);
-    let max_keep = max_keep.unwrap_or(usize::MAX);
-    if n == 0 || max_keep == 0 {
+    let Some(DeviceNms {
+        n,
+        max_keep,
+        sorted,
+        threshold,
+    }) = DeviceNms::new(boxes, scores, classes, iou_threshold, max_keep)
+    else {
         return Tensor::zeros([0], (Kind::Int64, device));
-    }
-    let sorted = Sorted::new(boxes, scores, classes);
-    let threshold = f64::from(f32_threshold(iou_threshold));
+    };
     let mut kept: Option<Sorted> = None;
     let mut kept_count = 0;
     for start in (0..n).step_by(block) {
