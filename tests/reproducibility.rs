@@ -3,7 +3,7 @@
 //! another seed starts from other initial weights.
 mod common;
 
-use common::{assert_success, lbwnet_command, read_weights};
+use common::{lbwnet_command, read_weights, train_tiny_in};
 use std::path::Path;
 
 /// A tiny config with relative paths, so two working directories give the same bytes
@@ -37,18 +37,7 @@ train:
 
 /// Trains the tiny config in `dir` with `sets` and returns the run directory.
 fn train_in(dir: &Path, sets: &[&str]) -> std::path::PathBuf {
-    std::fs::write(dir.join("tiny.yaml"), TINY).unwrap();
-    let mut args = vec!["--quiet", "train", "--config", "tiny.yaml"];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    assert_success(
-        lbwnet_command()
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .unwrap(),
-    );
+    train_tiny_in(dir, TINY, sets);
     dir.join("runs/repro/w6-lbw-c7.2")
 }
 

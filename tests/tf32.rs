@@ -4,7 +4,7 @@
 //! flags exist without a GPU, so this runs on the CPU.
 mod common;
 
-use common::{assert_success, lbwnet_command, lbwnet_fails, lbwnet_ok};
+use common::{lbwnet_fails, lbwnet_ok, train_tiny_in};
 use lbwnet::config::ExperimentConfig;
 use std::path::Path;
 
@@ -34,18 +34,7 @@ train:
 
 /// Trains the tiny config in `dir` with `sets`; the run's machine record and config.yaml.
 fn train(dir: &Path, sets: &[&str]) -> (serde_json::Value, String) {
-    std::fs::write(dir.join("tiny.yaml"), TINY).unwrap();
-    let mut args = vec!["--quiet", "train", "--config", "tiny.yaml"];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    assert_success(
-        lbwnet_command()
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .unwrap(),
-    );
+    train_tiny_in(dir, TINY, sets);
     let run = dir.join("runs/tf32/fp32");
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();

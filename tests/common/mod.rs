@@ -32,6 +32,23 @@ pub fn assert_success(out: Output) -> Output {
     out
 }
 
+/// Writes `yaml` as `dir/tiny.yaml` and trains it in `dir` with `--set sets`, which must
+/// succeed.
+pub fn train_tiny_in(dir: &Path, yaml: &str, sets: &[&str]) {
+    std::fs::write(dir.join("tiny.yaml"), yaml).unwrap();
+    let mut args = vec!["--quiet", "train", "--config", "tiny.yaml"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    assert_success(
+        lbwnet_command()
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .unwrap(),
+    );
+}
+
 /// Runs `lbwnet args`, which must succeed.
 pub fn lbwnet_ok(args: &[&str]) -> Output {
     assert_success(lbwnet(args))
