@@ -153,10 +153,11 @@ fn int8_graphs_run_on_integer_kernels() {
         ]);
         eprintln!(
             "{name} {quant}: {convs} quantized convs + 2 RPN predictors, {fcs} fcs; \
-             optimized: {} QLinearConv, {} QGemm, {} detections; ops {}; \
+             optimized: {} QLinearConv, {} QGemm, {} QLinearAdd, {} detections; ops {}; \
              original {}; calibration {}; built and exported in {exported}, total {}",
             report["qlinearconv"],
             report["qgemm"],
+            report["qlinearadd"],
             report["detections"],
             report["optimized"],
             report["original"],
@@ -172,6 +173,9 @@ fn int8_graphs_run_on_integer_kernels() {
             onnx_bytes as f64 <= 1.15 * lbw_bytes as f64,
             "{name}: int8 ONNX {onnx_bytes} B against the .lbw's {lbw_bytes} B"
         );
+        // ResNet-50 C4's 13 trunk blocks and 3 res5 blocks each end in a fused sum.
+        let sums = if *backbone == "resnet50" { 16 } else { 0 };
+        assert_eq!(report["qlinearadd"], sums, "{name}: {report}");
         assert_eq!(report["qlinearconv"], convs, "{name}: {report}");
         assert_eq!(report["qgemm"], fcs + 2, "{name}: {report}");
         for path in [&lbw, &onnx, &optimized] {

@@ -110,6 +110,16 @@ def kernels(args):
         f"+ {RPN_PREDICTORS} RPN predictors")
     assert original["Conv"] == 0, f"{original['Conv']} float Conv nodes in the int8 graph"
 
+    # Residual sums: an Add of two DequantizeLinear outputs, to be fused into QLinearAdd;
+    # every MaxPool of the trunk on a QLinearConv's uint8 output.
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    residual_adds = sum(
+        1 for node in model.graph.node
+        if node.op_type == "Add" and all(producer.get(i) == "DequantizeLinear" for i in node.input))
+    pools = [node for node in model.graph.node if node.op_type == "MaxPool"]
+    assert all(producer.get(node.input[0]) == "QLinearConv" for node in pools), (
+        "a MaxPool on a float input")
+
     calibration = json.loads(metadata(model)["int8"])
     assert calibration["images"] == args.images, f"metadata int8: {calibration}"
     assert calibration["points"] > 0 and calibration["rule"], f"metadata int8: {calibration}"
@@ -126,6 +136,10 @@ def kernels(args):
     assert ops["QGemm"] == want_gemms, (
         f"{ops['QGemm']} QGemm after optimization, {want_gemms} expected (not fused?); "
         f"all: {dict(by_domain)}")
+
+    assert ops["QLinearAdd"] == residual_adds, (
+        f"{ops['QLinearAdd']} QLinearAdd after optimization, {residual_adds} residual sums "
+        f"expected; all: {dict(by_domain)}")
 
     image = read_picture(args.picture)
     outputs = [o.name for o in run.get_outputs()]
@@ -147,6 +161,8 @@ def kernels(args):
         "optimized": dict(sorted(by_domain.items())),
         "qlinearconv": ops["QLinearConv"],
         "qgemm": ops["QGemm"],
+        "qlinearadd": ops["QLinearAdd"],
+        "uint8_maxpools": len(pools),
         "int8": calibration,
         "detections": count,
     }))
